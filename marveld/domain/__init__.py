@@ -1,0 +1,1 @@
+"""Models and pure logic. Imports no I/O library."""

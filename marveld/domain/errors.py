@@ -1,0 +1,62 @@
+"""The errors the services raise. The faces (gRPC, HTTP) translate each to a status in one place."""
+
+from __future__ import annotations
+
+
+class MarveldError(Exception):
+    """Base of every error marveld raises on purpose."""
+
+
+class InvalidArgument(MarveldError):
+    """A client sent a bad value. ``field`` names the request field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NotFound(MarveldError):
+    """The thing asked for does not exist."""
+
+
+class AlreadyExists(MarveldError):
+    """A unique value (an email) is taken."""
+
+
+class Unauthenticated(MarveldError):
+    """No credentials, or credentials that do not check out."""
+
+
+class PermissionDenied(MarveldError):
+    """Authenticated, but not allowed."""
+
+
+class UpstreamError(MarveldError):
+    """The Marvel API (or the simulator) did not give a usable answer."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream is down, timed out, failed or throttled us, after retries."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream refused the request itself (a 4xx other than 404/429).
+
+    ``status`` is the HTTP status, ``code`` Marvel's code (an int or a string such as
+    ``"InvalidCredentials"``), and the message is Marvel's text.
+    """
+
+    def __init__(self, message: str, *, status: int, code: int | str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    @property
+    def is_credentials_problem(self) -> bool:
+        """True when the upstream refused marveld's keys (our configuration, not the client)."""
+        return self.status == 401 or self.code in {"InvalidCredentials", "MissingParameter"}

@@ -1,0 +1,145 @@
+"""Character queries: validated, normalized, and turned into cache keys and upstream params."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+from marveld.domain.errors import InvalidArgument
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+MAX_OFFSET = 1_000_000
+MAX_NAME_LENGTH = 256
+ORDERS = ("name", "-name", "modified", "-modified")
+_DATE_ONLY = re.compile(r"^\d{4}-\d\d-\d\d$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_limit(limit: int | None, field: str = "limit") -> int:
+    if limit is None:
+        return DEFAULT_LIMIT
+    if limit < 1:
+        raise InvalidArgument(field, "must be at least 1")
+    if limit > MAX_LIMIT:
+        raise InvalidArgument(field, f"must be at most {MAX_LIMIT}")
+    return limit
+
+
+def check_offset(offset: int | None, field: str = "offset") -> int:
+    if offset is None:
+        return 0
+    if offset < 0:
+        raise InvalidArgument(field, "must not be negative")
+    if offset > MAX_OFFSET:
+        raise InvalidArgument(field, f"must be at most {MAX_OFFSET}")
+    return offset
+
+
+def check_text(value: str, field: str, *, required: bool = False) -> str | None:
+    """Trimmed text, or None when empty. Blank-but-present, control characters and
+    over-long values are refused with the field named."""
+    trimmed = value.strip()
+    if not trimmed:
+        if required:
+            raise InvalidArgument(field, "must not be empty")
+        if value:
+            raise InvalidArgument(field, "must not be blank")
+        return None
+    if len(trimmed) > MAX_NAME_LENGTH:
+        raise InvalidArgument(field, f"must be at most {MAX_NAME_LENGTH} characters")
+    if _CONTROL.search(trimmed):
+        raise InvalidArgument(field, "must not contain control characters")
+    return trimmed
+
+
+def parse_since(value: str, field: str = "modified_since") -> datetime | None:
+    """``2014-01-31`` (midnight UTC) or an RFC 3339 / ISO 8601 time with an offset."""
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidArgument(
+            field, f"{text[:40]!r} is not a date (use 2014-01-31 or 2014-01-31T12:00:00Z)"
+        ) from None
+    if parsed.tzinfo is None:
+        if not _DATE_ONLY.match(text):
+            raise InvalidArgument(field, "a time needs an offset, e.g. Z or +01:00")
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class CharacterQuery:
+    """A validated ``GET /characters`` query. Build it with :meth:`parse`."""
+
+    name: str | None = None
+    name_starts_with: str | None = None
+    modified_since: datetime | None = None
+    order_by: str = "name"
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        name: str = "",
+        name_starts_with: str = "",
+        modified_since: str = "",
+        order_by: str = "",
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> CharacterQuery:
+        order = order_by.strip().lower() or "name"
+        if order not in ORDERS:
+            raise InvalidArgument("order_by", f"must be one of {', '.join(ORDERS)}")
+        return cls(
+            name=check_text(name, "name"),
+            name_starts_with=check_text(name_starts_with, "name_starts_with"),
+            modified_since=parse_since(modified_since),
+            order_by=order,
+            limit=check_limit(limit),
+            offset=check_offset(offset),
+        )
+
+    def cache_key(self) -> str:
+        """Equal for equivalent queries: names case-folded, defaults filled, fixed order."""
+        parts = [
+            ("name", self.name.casefold() if self.name else ""),
+            ("nameStartsWith", self.name_starts_with.casefold() if self.name_starts_with else ""),
+            ("modifiedSince", self._since_text()),
+            ("orderBy", self.order_by),
+            ("limit", str(self.limit)),
+            ("offset", str(self.offset)),
+        ]
+        return "characters?" + urlencode(parts)
+
+    def upstream_params(self) -> dict[str, str]:
+        """The query string for Marvel's ``GET /v1/public/characters``."""
+        params: dict[str, str] = {}
+        if self.name:
+            params["name"] = self.name
+        if self.name_starts_with:
+            params["nameStartsWith"] = self.name_starts_with
+        if self.modified_since:
+            params["modifiedSince"] = self._since_text()
+        params["orderBy"] = self.order_by
+        params["limit"] = str(self.limit)
+        params["offset"] = str(self.offset)
+        return params
+
+    def _since_text(self) -> str:
+        return self.modified_since.strftime("%Y-%m-%dT%H:%M:%S+00:00") if self.modified_since else ""
+
+
+def search_query(query: str, limit: int | None, offset: int | None) -> CharacterQuery:
+    """A free-text search. Until the local read model exists it is a name prefix upstream."""
+    term = check_text(query, "query", required=True)
+    return CharacterQuery(
+        name_starts_with=term, limit=check_limit(limit), offset=check_offset(offset)
+    )
