@@ -134,7 +134,9 @@ class CharacterQuery:
         return params
 
     def _since_text(self) -> str:
-        return self.modified_since.strftime("%Y-%m-%dT%H:%M:%S+00:00") if self.modified_since else ""
+        return (
+            self.modified_since.strftime("%Y-%m-%dT%H:%M:%S+00:00") if self.modified_since else ""
+        )
 
 
 def search_query(query: str, limit: int | None, offset: int | None) -> CharacterQuery:

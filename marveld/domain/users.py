@@ -24,6 +24,7 @@ class User:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None
+    role: str = "user"
 
 
 def normalize_email(email: str) -> str:

@@ -1,0 +1,53 @@
+# marveld: everything a fresh machine with Python 3.11 and make needs.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit proto proto-check lock bench clean
+
+run: $(STAMP)  ## start the daemon on its demo defaults, with the simulator as the upstream
+	$(BIN)/marveld serve --demo
+
+test: $(STAMP) lint typecheck unit  ## ruff, mypy, pytest with coverage
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check marveld tests bench
+	$(BIN)/ruff format --check marveld tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest --cov --cov-branch --cov-report=term-missing:skip-covered -p no:cacheprovider
+
+proto: $(STAMP)  ## regenerate marveld/proto from protos/
+	rm -rf marveld/proto
+	mkdir -p marveld/proto
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_betterproto2_out=marveld/proto \
+		--python_betterproto2_opt=client_generation=async,server_generation=async,google_protobuf_descriptors \
+		$$(find protos -name '*.proto' | sort)
+
+proto-check: $(STAMP)  ## fail when marveld/proto is not what protos/ generates
+	@tmp=$$(mktemp -d) && PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_betterproto2_out=$$tmp \
+		--python_betterproto2_opt=client_generation=async,server_generation=async,google_protobuf_descriptors \
+		$$(find protos -name '*.proto' | sort) >/dev/null && \
+	diff -r -x __pycache__ $$tmp marveld/proto && echo "generated protobuf code is current"
+
+lock:  ## re-pin every dependency (needs uv on PATH)
+	uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --no-header -o requirements.lock
+
+bench: $(STAMP)  ## benchmarks: print figures and write them to bench/results/
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Benchmarks: they print figures and write them to bench/results/; they never pass or fail."""

@@ -1,0 +1,136 @@
+"""The ``marveld`` command: argument parsing, logging set-up, ``trio.run``.
+
+``marveld serve`` runs the daemon, ``marveld sim`` the Marvel-compatible simulator. In an
+IDE, run the module ``marveld`` with the arguments ``serve --demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+
+import trio
+
+from marveld import __version__, daemon
+from marveld.config import ConfigError, Settings, load_settings
+from marveld.sim import SimOptions, add_sim_arguments, options_from_args, run_sim
+
+log = logging.getLogger("marveld")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="marveld", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"marveld {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the daemon")
+    serve.add_argument(
+        "--config", type=Path, default=None, help="settings file (default ./marveld.toml)"
+    )
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="throwaway secrets and an in-process simulator as the upstream: needs nothing set",
+    )
+    sim = commands.add_parser("sim", help="run the Marvel-compatible upstream simulator")
+    add_sim_arguments(sim)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    environ = os.environ if env is None else env
+    if args.command == "sim":
+        _setup_logging("info")
+        try:
+            sim_options = options_from_args(args, environ)
+        except ValueError as exc:
+            print(f"marveld sim: {exc}", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(_run_until_signal(lambda: run_sim(sim_options)))
+    try:
+        settings = load_settings(args.config, environ, demo=args.demo)
+    except ConfigError as exc:
+        print(f"marveld: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    _setup_logging(settings.log.level, settings.log.format)
+    sys.exit(_run_until_signal(lambda: serve(settings, demo=args.demo)))
+
+
+async def serve(
+    settings: Settings,
+    *,
+    demo: bool = False,
+    task_status: trio.TaskStatus[daemon.Endpoints] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The daemon; with ``demo`` a simulator on a free port is its upstream."""
+    async with trio.open_nursery() as nursery:
+        if demo:
+            handle = await nursery.start(
+                run_sim,
+                SimOptions(
+                    public_key=settings.secrets.marvel_public_key,
+                    private_key=settings.secrets.marvel_private_key,
+                ),
+            )
+            settings = dataclasses.replace(
+                settings, upstream=dataclasses.replace(settings.upstream, url=handle.url)
+            )
+            log.info("demo: the simulator at %s stands in for the Marvel API", handle.url)
+        endpoints = await nursery.start(daemon.run, settings)
+        task_status.started(endpoints)
+
+
+def _run_until_signal(start: Callable[[], Awaitable[None]]) -> int:
+    """Run ``start()`` until SIGINT or SIGTERM; a signal is a clean stop (exit status 0)."""
+
+    async def runner() -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+                async def wait_for_signal() -> None:
+                    async for signum in signals:
+                        log.info("%s received, shutting down", signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(wait_for_signal)
+                await start()
+                nursery.cancel_scope.cancel()
+
+    trio.run(runner)
+    log.info("stopped")
+    return 0
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for journald and log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _setup_logging(level: str, fmt: str = "auto") -> None:
+    """Readable lines on a terminal; JSON lines otherwise (or as ``log.format`` says)."""
+    handler = logging.StreamHandler(sys.stderr)
+    as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    handler.setFormatter(
+        JsonFormatter()
+        if as_json
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

@@ -1,0 +1,485 @@
+"""Settings: ``marveld.toml`` plus the environment → frozen, validated dataclasses.
+
+``SETTINGS`` holds one row per setting (section, key, type, default, help). That table drives
+parsing, the ``MARVELD_<SECTION>_<KEY>`` overrides (environment > file > default), validation,
+the error messages, ``marveld.toml.example`` and the README table. Anything unknown or of the
+wrong type stops start-up with one ``ConfigError`` line naming ``section.key`` or the variable.
+
+Secrets (``SECRETS``) never come from the file: each is read from its environment variable,
+else from the file named by ``<NAME>_FILE``, else from ``$CREDENTIALS_DIRECTORY/<name>``
+(systemd). No repr and no error message ever shows their values.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from secrets import token_urlsafe
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+DEFAULT_CONFIG_PATH = Path("marveld.toml")
+
+
+class ConfigError(Exception):
+    """A setting is wrong. ``str(exc)`` is one line saying which one and how to fix it."""
+
+
+# --- the settings as values: what the rest of marveld reads ----------------------------------
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int  # 0 = let the system pick a free port
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class GrpcSettings:
+    listen: HostPort
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    listen: HostPort
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    path: Path
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    url: str  # ends in /v1/public, no trailing slash
+    timeout: float  # durations are seconds
+    max_attempts: int
+    backoff_initial: float
+    backoff_max: float
+
+    def __post_init__(self) -> None:
+        if self.backoff_initial > self.backoff_max:
+            raise ConfigError(
+                f"upstream.backoff_initial ({self.backoff_initial:g}s) must not exceed "
+                f"upstream.backoff_max ({self.backoff_max:g}s)"
+            )
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    ttl: float
+
+
+@dataclass(frozen=True)
+class PollerSettings:
+    interval: float
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    token_ttl: float
+    issuer: str
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str
+    format: str
+
+
+@dataclass(frozen=True, repr=False)
+class Secrets:
+    marvel_public_key: str
+    marvel_private_key: str
+    jwt_secret: str
+    webhook_secret: str | None
+
+    def __repr__(self) -> str:  # whether each one is there, never its value
+        shown = (f"{f.name}=<{'set' if getattr(self, f.name) else 'unset'}>" for f in fields(self))
+        return f"Secrets({', '.join(shown)})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    grpc: GrpcSettings
+    http: HttpSettings
+    database: DatabaseSettings
+    upstream: UpstreamSettings
+    cache: CacheSettings
+    poller: PollerSettings
+    auth: AuthSettings
+    log: LogSettings
+    secrets: Secrets
+
+
+# --- the settings as data: one row each, the single source of truth ---------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str
+    key: str
+    type: Literal["duration", "hostport", "path", "url", "int", "bool", "str"]
+    default: Any  # written as in TOML ("1h"), parsed like any other value
+    help: str
+    bounds: tuple[int, int] | None = None  # "int": lowest and highest allowed
+    choices: tuple[str, ...] = ()  # "str": the allowed values, matched case-insensitively
+    check: Callable[[Any], None] | None = None  # one more rule; raises ValueError
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def env(self) -> str:
+        return f"MARVELD_{self.section}_{self.key}".upper()
+
+
+def _api_root(url: str) -> None:
+    if not url.endswith("/v1/public"):
+        raise ValueError(f"must end in /v1/public (the API root), got {url!r}")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("grpc", "listen", "hostport", "127.0.0.1:50051", "Address of the gRPC server."),
+    Setting("http", "listen", "hostport", "127.0.0.1:8080",
+            "Address of the HTTP face: metrics, health, WebSocket, webhook, JSON gateway."),
+    Setting("database", "path", "path", "marveld.db",
+            "SQLite database file; a relative path is relative to the working directory."),
+    Setting("upstream", "url", "url", "http://127.0.0.1:8089/v1/public",
+            "Root of the Marvel-compatible API; the default is a local `marveld sim`.",
+            check=_api_root),
+    Setting("upstream", "timeout", "duration", "10s", "Time limit of one upstream request."),
+    Setting("upstream", "max_attempts", "int", 4,
+            "Attempts per upstream call, the first one included.", bounds=(1, 10)),
+    Setting("upstream", "backoff_initial", "duration", "0.2s",
+            "Wait before the first retry; later retries wait longer, up to backoff_max."),
+    Setting("upstream", "backoff_max", "duration", "10s", "Longest wait between two retries."),
+    Setting("cache", "ttl", "duration", "1h", "How long a cached answer stays fresh."),
+    Setting("poller", "interval", "duration", "24h", "Time between two syncs with the upstream."),
+    Setting("auth", "token_ttl", "duration", "1h", "Lifetime of an access token."),
+    Setting("auth", "issuer", "str", "marveld", "Issuer (`iss` claim) of access tokens."),
+    Setting("log", "level", "str", "info", "Least severe level that is logged.",
+            choices=("debug", "info", "warning", "error")),
+    Setting("log", "format", "str", "auto",
+            "Log line format; auto = text when stderr is a terminal, json otherwise.",
+            choices=("auto", "text", "json")),
+)  # fmt: skip
+
+_SECTIONS: dict[str, Callable[..., Any]] = {
+    "grpc": GrpcSettings, "http": HttpSettings, "database": DatabaseSettings,
+    "upstream": UpstreamSettings, "cache": CacheSettings, "poller": PollerSettings,
+    "auth": AuthSettings, "log": LogSettings,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    name: str  # the environment variable; the Secrets field is derived from it
+    help: str
+    required: bool = True
+    min_bytes: int = 1
+
+    @property
+    def field(self) -> str:  # MARVELD_JWT_SECRET -> jwt_secret
+        return self.name.lower().removeprefix("marveld_")
+
+
+SECRETS: tuple[SecretSpec, ...] = (
+    SecretSpec("MARVEL_PUBLIC_KEY", "Marvel API public key (`apikey`)."),
+    SecretSpec("MARVEL_PRIVATE_KEY", "Marvel API private key."),
+    SecretSpec("MARVELD_JWT_SECRET", "Key that signs access tokens, 32+ bytes.", min_bytes=32),
+    SecretSpec("MARVELD_WEBHOOK_SECRET", "HMAC key of the webhook receiver.", required=False),
+)  # fmt: skip
+
+
+# --- one parser per type: a TOML value (or environment text made TOML-like) → the value -------
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
+_HOSTPORT = re.compile(
+    r"(?:\[(?P<ipv6>[0-9a-f:.]+)\]|(?P<host>[\w.-]+)):(?P<port>[0-9]+)", re.I | re.A
+)
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _duration(raw: object, s: Setting) -> float:
+    if isinstance(raw, str) and _DURATION.fullmatch(raw):
+        seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(raw))
+    elif isinstance(raw, int | float) and not isinstance(raw, bool):
+        seconds = float(raw)
+    else:
+        raise ValueError(f'expected seconds or a duration like "30s", "1h30m"; got {_show(raw)}')
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"must be more than 0 seconds, got {_show(raw)}")
+    return seconds
+
+
+def _hostport(raw: object, s: Setting) -> HostPort:
+    match = _HOSTPORT.fullmatch(raw) if isinstance(raw, str) else None
+    if not match or int(match["port"]) > 65535:
+        raise ValueError(f'expected "host:port" or "[ipv6]:port", port 0-65535; got {_show(raw)}')
+    return HostPort(match["ipv6"] or match["host"], int(match["port"]))
+
+
+def _path(raw: object, s: Setting) -> Path:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError(f"expected a file path, got {_show(raw)}")
+    return Path(raw).expanduser()
+
+
+def _url(raw: object, s: Setting) -> str:
+    parts = urlsplit(raw) if isinstance(raw, str) else None
+    if not parts or parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ValueError(f"expected an http:// or https:// URL, got {_show(raw)}")
+    return str(raw).rstrip("/")
+
+
+def _int(raw: object, s: Setting) -> int:
+    if not isinstance(raw, int) or isinstance(raw, bool):
+        raise ValueError(f"expected an integer, got {_show(raw)}")
+    if s.bounds and not s.bounds[0] <= raw <= s.bounds[1]:
+        raise ValueError(f"must be from {s.bounds[0]} to {s.bounds[1]}, got {raw}")
+    return raw
+
+
+def _bool(raw: object, s: Setting) -> bool:
+    if not isinstance(raw, bool):
+        raise ValueError(f"expected true or false, got {_show(raw)}")
+    return raw
+
+
+def _str(raw: object, s: Setting) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError(f"expected a non-empty string, got {_show(raw)}")
+    if s.choices and raw.lower() not in s.choices:
+        raise ValueError(f"must be one of {', '.join(s.choices)}; got {_show(raw)}")
+    return raw.lower() if s.choices else raw
+
+
+_PARSERS: dict[str, Callable[[object, Setting], object]] = {
+    "duration": _duration, "hostport": _hostport, "path": _path, "url": _url,
+    "int": _int, "bool": _bool, "str": _str,
+}  # fmt: skip
+
+
+def _from_env(s: Setting, text: str) -> object:
+    """Environment values are text: give the parser what TOML would have given it."""
+    text = text.strip()
+    if s.type == "int" and re.fullmatch(r"[+-]?[0-9]+", text):
+        return int(text)
+    if s.type == "bool" and text.lower() in _BOOLS:
+        return _BOOLS[text.lower()]
+    if s.type == "duration" and re.fullmatch(r"[+-]?[0-9]+(?:\.[0-9]+)?", text):
+        return float(text)
+    return text
+
+
+def _parse(s: Setting, raw: object, where: str) -> object:
+    try:
+        value = _PARSERS[s.type](raw, s)
+        if s.check:
+            s.check(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return value
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def load_settings(path: Path | None, env: Mapping[str, str], *, demo: bool = False) -> Settings:
+    """Read *path* (None: ``marveld.toml`` if there is one), apply *env*, check everything.
+
+    ``demo=True`` fills each missing secret with a throwaway random value instead of failing.
+    """
+    source = path or DEFAULT_CONFIG_PATH
+    raw = _read_toml(source, optional=path is None)
+    _check_file(raw, str(source))
+    _check_env(env)
+    values: dict[str, dict[str, object]] = {section: {} for section in _SECTIONS}
+    for s in SETTINGS:
+        if s.env in env:
+            value, where = _from_env(s, env[s.env]), f"{s.env} ({s.name})"
+        elif s.key in raw.get(s.section, {}):
+            value, where = raw[s.section][s.key], f"{source}: {s.name}"
+        else:
+            value, where = s.default, f"default of {s.name}"
+        values[s.section][s.key] = _parse(s, value, where)
+    sections = {name: make(**values[name]) for name, make in _SECTIONS.items()}
+    return Settings(**sections, secrets=_load_secrets(env, demo=demo))
+
+
+def _read_toml(path: Path, *, optional: bool) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        if optional:
+            return {}
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _hint(word: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=1)
+    return f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(known)})"
+
+
+def _refuse_secret(word: str, where: str) -> None:
+    if any(part in word.lower() for part in ("secret", "key", "password")):
+        raise ConfigError(
+            f"{where}: {word} looks like a secret, and secrets never go in the config file: set "
+            f"{', '.join(spec.name for spec in SECRETS)} in the environment instead "
+            "(or <NAME>_FILE, or systemd credentials)"
+        )
+
+
+def _check_file(raw: dict[str, Any], source: str) -> None:
+    for section in sorted(raw):
+        if section not in _SECTIONS:
+            _refuse_secret(section, source)
+            hint = _hint(section, list(_SECTIONS))
+            raise ConfigError(f"{source}: unknown section [{section}]{hint}")
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{source}: {section} must be a section ([{section}]), not a value")
+        known = [s.key for s in SETTINGS if s.section == section]
+        for key in sorted(raw[section].keys() - set(known)):
+            _refuse_secret(key, f"{source}: [{section}]")
+            raise ConfigError(f"{source}: [{section}] unknown key: {key}{_hint(key, known)}")
+
+
+def _check_env(env: Mapping[str, str]) -> None:
+    """MARVELD_<SECTION>_* must be a setting: a typo would otherwise be ignored silently."""
+    known = [s.env for s in SETTINGS]
+    known += [spec.name + end for spec in SECRETS for end in ("", "_FILE")]
+    prefixes = tuple(f"MARVELD_{section.upper()}_" for section in _SECTIONS)
+    for name in sorted(env):
+        if name.startswith(prefixes) and name not in known:
+            raise ConfigError(f"unknown setting in the environment: {name}{_hint(name, known)}")
+
+
+def _load_secrets(env: Mapping[str, str], *, demo: bool) -> Secrets:
+    values: dict[str, Any] = {}
+    for spec in SECRETS:
+        value = _read_secret(spec, env) or (token_urlsafe(32) if demo else None)
+        if value is None and spec.required:
+            raise ConfigError(
+                f"{spec.name} is not set: set it in the environment, or put the path of a file "
+                f"holding it in {spec.name}_FILE, or provide the systemd credential "
+                f"$CREDENTIALS_DIRECTORY/{spec.name.lower()}"
+            )
+        if value is not None and len(value.encode()) < spec.min_bytes:
+            raise ConfigError(
+                f"{spec.name} must be at least {spec.min_bytes} bytes long; make one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        values[spec.field] = value
+    return Secrets(**values)
+
+
+def _read_secret(spec: SecretSpec, env: Mapping[str, str]) -> str | None:
+    if spec.name in env:
+        if not env[spec.name]:
+            raise ConfigError(f"{spec.name} is set but empty")
+        return env[spec.name]
+    if f"{spec.name}_FILE" in env:
+        return _read_secret_file(Path(env[f"{spec.name}_FILE"]), f"{spec.name}_FILE")
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if directory and (credential := Path(directory) / spec.name.lower()).exists():
+        return _read_secret_file(credential, f"systemd credential {spec.name.lower()}")
+    return None
+
+
+def _read_secret_file(path: Path, where: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:  # its message would quote a byte of the secret
+        raise ConfigError(f"{where}: {path} is not UTF-8 text") from None
+    if not value:
+        raise ConfigError(f"{where}: {path} is empty")
+    return value
+
+
+# --- documentation, generated from the same tables ---------------------------------------------
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def _type_text(s: Setting) -> str:
+    if s.bounds:
+        return f"integer, {s.bounds[0]} to {s.bounds[1]}"
+    if s.choices:
+        return f"one of {', '.join(s.choices)}"
+    return {"hostport": "host:port (port 0: any free port)", "str": "text"}.get(s.type, s.type)
+
+
+def example_toml() -> str:
+    """The commented example file: every key with its default, help and environment variable."""
+    lines = [
+        "# marveld.toml: every setting, with its default. Generated by marveld/config.py",
+        "# (python -m marveld.config > marveld.toml.example); do not edit by hand.",
+        "# Uncomment what you change. MARVELD_<SECTION>_<KEY> in the environment wins over this.",
+        '# Durations: seconds (30, 0.5) or text: "500ms", "30s", "15m", "24h", "1d", "1h30m".',
+        "# Secrets never go here. Give them in the environment, as <NAME>_FILE (a file path),",
+        "# or as systemd credentials ($CREDENTIALS_DIRECTORY/<name in lower case>):",
+        *(f"#   {spec.name}: {spec.help}" for spec in SECRETS),
+    ]
+    section = ""
+    for s in SETTINGS:
+        lines += ["", f"[{s.section}]"] if s.section != section else [""]
+        section = s.section
+        lines += [f"# {s.help}", f"# {_type_text(s)}; env {s.env}"]
+        lines.append(f"# {s.key} = {_toml(s.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def settings_reference_markdown() -> str:
+    """A Markdown reference of every setting and secret, for the README."""
+
+    def row(*cells: str) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    lines = [row("setting", "environment variable", "type", "default", "description")]
+    lines.append(row(*["---"] * 5))
+    for s in SETTINGS:
+        default = f"`{_toml(s.default)}`"
+        lines.append(row(f"`{s.name}`", f"`{s.env}`", _type_text(s), default, s.help))
+    lines += [
+        "",
+        "Secrets never go in the file. Each is read from its variable, else from the file named",
+        "by `<NAME>_FILE`, else from systemd's `$CREDENTIALS_DIRECTORY/<name in lower case>`.",
+        "",
+        row("secret", "required", "description"),
+        row(*["---"] * 3),
+    ]
+    lines += [row(f"`{s.name}`", "yes" if s.required else "no", s.help) for s in SECRETS]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(example_toml(), end="")

@@ -1,0 +1,1 @@
+"""Use cases: accounts and tokens, characters through the cache."""

@@ -1,0 +1,111 @@
+"""Password hashing (argon2id) and access tokens (JWT). The one place that knows
+argon2-cffi and PyJWT."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+from argon2 import PasswordHasher as _Argon2
+from argon2 import Type
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from marveld.domain.errors import Unauthenticated
+
+# OWASP's minimum for argon2id: m = 19 MiB, t = 2, p = 1.
+ARGON2_MEMORY_KIB = 19 * 1024
+ARGON2_TIME_COST = 2
+ARGON2_PARALLELISM = 1
+ALGORITHM = "HS256"
+AUDIENCE = "marveld"
+LEEWAY_SECONDS = 10
+
+
+class PasswordHasher:
+    """argon2id with at least OWASP's parameters. Blocking: call it from a worker thread."""
+
+    def __init__(
+        self,
+        *,
+        memory_kib: int = ARGON2_MEMORY_KIB,
+        time_cost: int = ARGON2_TIME_COST,
+        parallelism: int = ARGON2_PARALLELISM,
+    ) -> None:
+        self._argon2 = _Argon2(
+            time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=Type.ID
+        )
+        # Hashing a throwaway password once gives a real hash to verify against when the
+        # email is unknown, so a wrong email costs the same work as a wrong password.
+        self._decoy = self._argon2.hash("decoy password, never matches")
+
+    def hash(self, password: str) -> str:
+        return self._argon2.hash(password)
+
+    def verify(self, password_hash: str | None, password: str) -> bool:
+        """True when ``password`` matches; with ``password_hash`` None, the same work, False."""
+        try:
+            return self._argon2.verify(password_hash or self._decoy, password) and bool(
+                password_hash
+            )
+        except (VerificationError, InvalidHashError):
+            return False
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        return self._argon2.check_needs_rehash(password_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    token: str
+    expires_at: datetime
+    subject: str
+
+
+class TokenIssuer:
+    """Signs and checks HS256 JWTs carrying exp, iat, nbf, iss, aud, sub and jti."""
+
+    def __init__(self, secret: str, *, issuer: str, ttl_seconds: float) -> None:
+        self._secret = secret
+        self._issuer = issuer
+        self._ttl = timedelta(seconds=ttl_seconds)
+
+    def issue(self, subject: str, now: datetime) -> AccessToken:
+        expires = now + self._ttl
+        claims = {
+            "sub": subject,
+            "iss": self._issuer,
+            "aud": AUDIENCE,
+            "iat": int(now.timestamp()),
+            "nbf": int(now.timestamp()),
+            "exp": int(expires.timestamp()),
+            "jti": uuid.uuid4().hex,
+        }
+        token = jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+        return AccessToken(token=token, expires_at=expires.replace(microsecond=0), subject=subject)
+
+    def verify(self, token: str, now: datetime) -> str:
+        """The token's subject (a user id); Unauthenticated when the token does not check out."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                audience=AUDIENCE,
+                issuer=self._issuer,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("access token expired; log in again") from None
+        except jwt.InvalidTokenError:
+            raise Unauthenticated("access token is not valid") from None
+        # PyJWT checks exp against the wall clock; check against the clock we were given too.
+        if claims["exp"] + LEEWAY_SECONDS < now.timestamp():
+            raise Unauthenticated("access token expired; log in again")
+        return str(claims["sub"])
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,58 @@
+"""The live simulator: its catalogue, the knobs tests may turn while it runs, and counters."""
+
+from __future__ import annotations
+
+import enum
+import random
+
+from marveld.sim.auth import Clock, DailyQuota, utc_now
+from marveld.sim.catalogue import Catalogue
+from marveld.sim.options import SimOptions
+
+
+class Fault(enum.Enum):
+    """What an injected failure looks like to the client."""
+
+    ERROR = "500"  # a 500 with Marvel's body
+    RESET = "reset"  # the connection drops before a complete answer
+
+
+class SimState:
+    """Everything that changes while the simulator runs. Created by ``run_sim``.
+
+    ``latency_ms``, ``fail_rate`` and ``daily_limit`` may be changed at run time. The
+    counters: ``requests`` (character API calls received, refused ones included),
+    ``served`` (200 and 304 answers), ``throttled`` (429s) and ``failed`` (injected 500s
+    and dropped connections).
+    """
+
+    def __init__(self, catalogue: Catalogue, options: SimOptions, clock: Clock = utc_now) -> None:
+        self.catalogue = catalogue
+        self.public_key = options.public_key
+        self.private_key = options.private_key
+        self.latency_ms = options.latency_ms
+        self.fail_rate = options.fail_rate
+        self.daily_limit = options.daily_limit
+        self.webhook_url = options.webhook_url
+        self.quota = DailyQuota(clock)
+        self.requests = 0
+        self.served = 0
+        self.throttled = 0
+        self.failed = 0
+        self._rng = random.Random(options.seed)
+
+    def roll_fault(self) -> Fault | None:
+        """One draw per call, so a seed gives the same sequence of failures: with
+        probability ``fail_rate`` a fault, half of them 500s and half resets."""
+        draw = self._rng.random()
+        if draw >= self.fail_rate:
+            return None
+        return Fault.RESET if draw < self.fail_rate / 2 else Fault.ERROR
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "requests": self.requests,
+            "served": self.served,
+            "throttled": self.throttled,
+            "failed": self.failed,
+        }

@@ -1,0 +1,112 @@
+"""The ``cache`` table: the persistent tier of the page cache, tagged by character id."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+
+from marveld.domain.characters import CharacterPage
+from marveld.storage.characters import upsert_characters
+from marveld.storage.codec import dump_json, load_json, text_to_time, time_to_text
+from marveld.storage.database import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """One stored page. ``created_at`` is when it was last fetched (insert or refresh)."""
+
+    key: str
+    page: CharacterPage
+    created_at: datetime
+    expires_at: datetime
+    etag: str | None
+    character_ids: tuple[int, ...]
+
+
+def _entry(row: sqlite3.Row) -> CacheEntry:
+    return CacheEntry(
+        key=row["cache_key"],
+        page=CharacterPage.from_json(load_json(row["characters"])),
+        created_at=text_to_time(row["created_at"]),
+        expires_at=text_to_time(row["expires_at"]),
+        etag=row["etag"],
+        character_ids=tuple(load_json(row["character_ids"])),
+    )
+
+
+class CacheRepo:
+    """Pages by normalized cache key. Expiry is data: :meth:`get` returns expired entries
+    too, and the cache policy decides what to do with them."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get(self, key: str) -> CacheEntry | None:
+        def select(conn: sqlite3.Connection) -> CacheEntry | None:
+            row = conn.execute(
+                "SELECT cache_key, characters, etag, character_ids, created_at, expires_at"
+                " FROM cache WHERE cache_key = ?",
+                (key,),
+            ).fetchone()
+            return None if row is None else _entry(row)
+
+        return await self._db.read(select)
+
+    async def put(
+        self, key: str, page: CharacterPage, *, now: datetime, expires_at: datetime
+    ) -> None:
+        """Store (or refresh) the page under ``key`` and upsert its characters, in ONE
+        transaction."""
+        stamp, expires = time_to_text(now), time_to_text(expires_at)
+        ids = list(dict.fromkeys(c.id for c in page.characters))
+        body = dump_json(page.to_json())
+
+        def upsert(conn: sqlite3.Connection) -> None:
+            cache_id = conn.execute(
+                "INSERT INTO cache (cache_key, characters, etag, character_ids,"
+                " created_at, updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (cache_key) DO UPDATE SET characters = excluded.characters,"
+                " etag = excluded.etag, character_ids = excluded.character_ids,"
+                " created_at = excluded.created_at, updated_at = excluded.updated_at,"
+                " expires_at = excluded.expires_at"
+                " RETURNING id",
+                (key, body, page.etag, dump_json(ids), stamp, stamp, expires),
+            ).fetchone()[0]
+            conn.execute("DELETE FROM cache_characters WHERE cache_id = ?", (cache_id,))
+            conn.executemany(
+                "INSERT INTO cache_characters (cache_id, marvel_id) VALUES (?, ?)",
+                [(cache_id, marvel_id) for marvel_id in ids],
+            )
+            upsert_characters(conn, page.characters, now)
+
+        await self._db.write(upsert)
+
+    async def delete_expired(self, now: datetime) -> int:
+        """Remove entries with ``expires_at <= now``; returns how many."""
+        stamp = time_to_text(now)
+        removed = await self._db.write(
+            lambda conn: conn.execute("DELETE FROM cache WHERE expires_at <= ?", (stamp,)).rowcount
+        )
+        if removed:
+            log.debug("cache: %d expired entries removed", removed)
+        return removed
+
+    async def delete(self, key: str) -> bool:
+        removed = await self._db.write(
+            lambda conn: conn.execute("DELETE FROM cache WHERE cache_key = ?", (key,)).rowcount
+        )
+        return removed > 0
+
+    async def clear(self) -> int:
+        """Remove every entry; returns how many."""
+        return await self._db.write(lambda conn: conn.execute("DELETE FROM cache").rowcount)
+
+    async def count(self) -> int:
+        def select(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT count(*) FROM cache").fetchone()[0])
+
+        return await self._db.read(select)

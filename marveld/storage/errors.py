@@ -1,0 +1,21 @@
+"""Errors the storage layer raises, so that no caller needs to know sqlite3."""
+
+from __future__ import annotations
+
+from marveld.domain.errors import MarveldError
+
+
+class StorageError(MarveldError):
+    """The database failed (I/O, lock timeout, a closed store). Not the client's fault."""
+
+
+class SchemaTooNew(StorageError):
+    """The database was written by a newer marveld than this one; opening it would be unsafe."""
+
+    def __init__(self, path: str, found: int, known: int) -> None:
+        super().__init__(
+            f"database {path} has schema version {found}, newer than the newest this marveld "
+            f"knows ({known}); upgrade marveld or point it at another database file"
+        )
+        self.found = found
+        self.known = known
