@@ -134,3 +134,5 @@ def _setup_logging(level: str, fmt: str = "auto") -> None:
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # httpx logs each request's URL at INFO, and Marvel's signature travels in the URL.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

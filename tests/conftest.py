@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ PRIVATE_KEY = "test-private-key"
 JWT_SECRET = "test-jwt-secret-that-is-at-least-32-bytes-long"
 
 
-def test_env(tmp_path: Path, upstream_url: str) -> dict[str, str]:
+def daemon_env(tmp_path: Path, upstream_url: str) -> dict[str, str]:
     """The environment of a daemon under test: free ports, a temp database, fast retries."""
     return {
         "MARVEL_PUBLIC_KEY": PUBLIC_KEY,
@@ -44,7 +46,7 @@ def test_env(tmp_path: Path, upstream_url: str) -> dict[str, str]:
 def make_settings(tmp_path: Path, upstream_url: str, **overrides: str) -> Settings:
     config = tmp_path / "marveld.toml"
     config.touch()
-    return load_settings(config, {**test_env(tmp_path, upstream_url), **overrides})
+    return load_settings(config, {**daemon_env(tmp_path, upstream_url), **overrides})
 
 
 # argon2id at OWASP's parameters costs tens of ms a hash; tests that are not about hashing
@@ -74,12 +76,40 @@ class Running:
         return f"http://127.0.0.1:{self.endpoints.http_port}"
 
 
-@pytest.fixture
-async def marveld(nursery: trio.Nursery, sim: SimHandle, tmp_path: Path) -> AsyncIterator[Running]:
-    """A running daemon in front of the simulator, and a grpclib client connected to it."""
-    settings = make_settings(tmp_path, sim.url)
+class Clock:
+    """A clock tests move by hand; it starts at the real time (tokens check the wall clock)."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+async def start_daemon(
+    nursery: trio.Nursery, settings: Settings, clock: Clock | None = None
+) -> daemon.Endpoints:
+    """``daemon.run`` in ``nursery``; returns once it serves, with its real ports."""
     endpoints: daemon.Endpoints = await nursery.start(
-        lambda task_status: daemon.run(settings, hasher=FAST_HASHER, task_status=task_status)
+        partial(daemon.run, settings, hasher=FAST_HASHER, clock=clock or Clock())
     )
+    return endpoints
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def marveld(
+    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock
+) -> AsyncIterator[Running]:
+    """A running daemon in front of the simulator, and a grpclib client connected to it."""
+    settings = make_settings(tmp_path, sim.url, MARVELD_CACHE_TTL="60s")
+    endpoints = await start_daemon(nursery, settings, clock)
     async with grpc_client(endpoints.grpc_port) as client:
         yield Running(settings, endpoints, sim, client)

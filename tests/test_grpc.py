@@ -11,32 +11,10 @@ from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-from marveld import daemon
 from marveld.proto.marvel import v1 as pb
 from tests.aio import grpc_client
-from tests.conftest import FAST_HASHER, Running, make_settings
-
-TIMEOUT = 10
-PASSWORD = "correct horse battery"
-
-
-async def register_and_login(m: Running, email: str = "peter@example.com") -> dict[str, str]:
-    async def go(channel: Channel) -> str:
-        auth = pb.AuthServiceStub(channel)
-        await auth.register(
-            pb.RegisterRequest(name="Peter", email=email, password=PASSWORD), timeout=TIMEOUT
-        )
-        reply = await auth.login(pb.LoginRequest(email=email, password=PASSWORD), timeout=TIMEOUT)
-        return str(reply.access_token)
-
-    token = await m.client.call(go)
-    return {"authorization": f"Bearer {token}"}
-
-
-async def status_of(m: Running, call: object) -> GRPCError:
-    with pytest.raises(GRPCError) as info:
-        await m.client.call(call)  # type: ignore[arg-type]
-    return info.value
+from tests.calls import PASSWORD, TIMEOUT, register_and_login, status_of
+from tests.conftest import Running, make_settings, start_daemon
 
 
 async def test_register_login_profile(marveld: Running) -> None:
@@ -263,9 +241,7 @@ async def test_upstream_down_with_nothing_cached_is_unavailable(
         await probe.bind(("127.0.0.1", 0))
         dead_port = probe.getsockname()[1]
     settings = make_settings(tmp_path, f"http://127.0.0.1:{dead_port}/v1/public")  # type: ignore[arg-type]
-    endpoints: daemon.Endpoints = await nursery.start(
-        lambda task_status: daemon.run(settings, hasher=FAST_HASHER, task_status=task_status)
-    )
+    endpoints = await start_daemon(nursery, settings)
     async with grpc_client(endpoints.grpc_port) as client:
 
         async def go(channel: Channel) -> object:

@@ -25,9 +25,7 @@ INTERNAL = {
 # Where each third-party library may be imported (module path prefixes).
 OWNERS = {
     "httpx": ("upstream",),
-    "stamina": ("upstream",),
     "sqlite3": ("storage",),
-    "sqlite_utils": ("storage",),
     "grpclib": ("grpc",),
     "trio_asyncio": ("grpc",),
     "google": ("grpc",),

@@ -356,11 +356,17 @@ async def test_gzip_when_the_client_asks(http: httpx.AsyncClient) -> None:
 # --- the full recorded data set ------------------------------------------------------------------
 
 
+def recorded_pages() -> list[Path]:
+    return sorted((RECORDED / "raw").glob("*/characters/*.json"))
+
+
 @pytest.mark.recorded
+@pytest.mark.skipif(
+    not (RECORDED / "characters.json").is_file() or len(recorded_pages()) != 40,
+    reason=f"full recorded Marvel data set not found at {RECORDED}",
+)
 async def test_reproduces_all_40_recorded_pages(nursery: trio.Nursery) -> None:
-    pages = sorted((RECORDED / "raw").glob("*/characters/*.json"))
-    if not (RECORDED / "characters.json").is_file() or len(pages) != 40:
-        pytest.skip(f"full recorded Marvel data set not found at {RECORDED}")
+    pages = recorded_pages()
     handle = await start(nursery, dataset=RECORDED / "characters.json")
     async with client(handle) as http:
         for path in pages:
