@@ -13,7 +13,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from marveld.proto.marvel import v1 as pb
 from tests.aio import grpc_client
-from tests.calls import PASSWORD, TIMEOUT, register_and_login, status_of
+from tests.calls import PASSWORD, TIMEOUT, list_characters, register_and_login, status_of
 from tests.conftest import Running, make_settings, start_daemon
 
 
@@ -262,3 +262,44 @@ async def test_upstream_down_with_nothing_cached_is_unavailable(
         with pytest.raises(GRPCError) as info:
             await client.call(go)
         assert info.value.status is Status.UNAVAILABLE
+
+
+async def test_wrong_marvel_keys_are_unavailable_not_the_clients_fault(
+    nursery: trio.Nursery, sim: object, tmp_path: object
+) -> None:
+    settings = make_settings(
+        tmp_path,  # type: ignore[arg-type]
+        sim.url,  # type: ignore[attr-defined]
+        MARVEL_PRIVATE_KEY="not-the-simulators-key",
+    )
+    endpoints = await start_daemon(nursery, settings)
+    async with grpc_client(endpoints.grpc_port) as client:
+        running = Running(settings, endpoints, sim, client)  # type: ignore[arg-type]
+        auth = await register_and_login(running)
+
+        async def go(channel: Channel) -> object:
+            return await pb.CharacterServiceStub(channel).list_characters(
+                pb.ListCharactersRequest(), metadata=auth, timeout=TIMEOUT
+            )
+
+        error = await status_of(running, go)
+    assert error.status is Status.UNAVAILABLE
+    assert "credentials" in (error.message or "")
+    assert "not-the-simulators-key" not in (error.message or "")
+
+
+async def test_a_slow_upstream_ends_at_the_clients_deadline(marveld: Running) -> None:
+    auth = await register_and_login(marveld)
+    marveld.sim.state.latency_ms = 3000
+
+    async def go(channel: Channel) -> object:
+        return await pb.CharacterServiceStub(channel).list_characters(
+            pb.ListCharactersRequest(), metadata=auth, timeout=0.5
+        )
+
+    # grpclib's client reports its own deadline as a TimeoutError ("Deadline exceeded").
+    with pytest.raises(TimeoutError, match="Deadline exceeded"):
+        await marveld.client.call(go)
+    marveld.sim.state.latency_ms = 0
+    page = await list_characters(marveld, auth)
+    assert page.cache_status is pb.CacheStatus.MISS
