@@ -511,3 +511,12 @@ def test_the_markdown_reference() -> None:
     assert row in text
     rows = [line for line in text.splitlines() if line.startswith("|")]
     assert {line.count(" | ") for line in rows[: len(SETTINGS) + 2]} == {4}
+
+
+def test_readme_settings_reference_is_current() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    begin = readme.index("-->", readme.index("<!-- settings:begin")) + len("-->\n")
+    end = readme.index("<!-- settings:end -->")
+    assert readme[begin:end].rstrip() == settings_reference_markdown().rstrip(), (
+        "README.md's settings table is stale: paste settings_reference_markdown() output"
+    )
