@@ -47,12 +47,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     args = build_parser().parse_args(argv)
     environ = os.environ if env is None else env
     if args.command == "sim":
-        _setup_logging("info")
         try:
             sim_options = options_from_args(args, environ)
         except ValueError as exc:
             print(f"marveld sim: {exc}", file=sys.stderr)
             sys.exit(2)
+        _setup_logging("info")
         sys.exit(_run_until_signal(lambda: run_sim(sim_options)))
     try:
         settings = load_settings(args.config, environ, demo=args.demo)

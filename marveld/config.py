@@ -65,6 +65,10 @@ class UpstreamSettings:
     max_attempts: int
     backoff_initial: float
     backoff_max: float
+    daily_budget: int
+    poller_reserve: int
+    breaker_failures: int
+    breaker_cooldown: float
 
     def __post_init__(self) -> None:
         if self.backoff_initial > self.backoff_max:
@@ -72,11 +76,22 @@ class UpstreamSettings:
                 f"upstream.backoff_initial ({self.backoff_initial:g}s) must not exceed "
                 f"upstream.backoff_max ({self.backoff_max:g}s)"
             )
+        if self.poller_reserve >= self.daily_budget:
+            raise ConfigError(
+                f"upstream.poller_reserve ({self.poller_reserve}) must be less than "
+                f"upstream.daily_budget ({self.daily_budget})"
+            )
 
 
 @dataclass(frozen=True)
 class CacheSettings:
     ttl: float
+    stale_while_revalidate: float
+    stale_if_error: float
+    negative_ttl: float
+    memory_entries: int
+    memory_megabytes: int
+    sweep_interval: float
 
 
 @dataclass(frozen=True)
@@ -164,7 +179,29 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upstream", "backoff_initial", "duration", "0.2s",
             "Wait before the first retry; later retries wait longer, up to backoff_max."),
     Setting("upstream", "backoff_max", "duration", "10s", "Longest wait between two retries."),
+    Setting("upstream", "daily_budget", "int", 1000,
+            "Upstream calls allowed per UTC day, retries included; never exceeded.",
+            bounds=(1, 100_000_000)),
+    Setting("upstream", "poller_reserve", "int", 100,
+            "Part of the daily budget only the poller may spend.", bounds=(0, 100_000_000)),
+    Setting("upstream", "breaker_failures", "int", 5,
+            "Failed upstream calls in a row that open the circuit breaker.", bounds=(1, 1000)),
+    Setting("upstream", "breaker_cooldown", "duration", "30s",
+            "How long an open breaker fails fast before it lets one trial call through."),
     Setting("cache", "ttl", "duration", "1h", "How long a cached answer stays fresh."),
+    Setting("cache", "stale_while_revalidate", "duration", "5m",
+            "After ttl: serve the stale answer at once and refresh it in the background."),
+    Setting("cache", "stale_if_error", "duration", "1d",
+            "After ttl: serve the stale answer when the upstream fails or the budget is spent."),
+    Setting("cache", "negative_ttl", "duration", "1m",
+            "How long an empty answer (no characters, unknown id) stays fresh."),
+    Setting("cache", "memory_entries", "int", 10_000,
+            "Most answers kept in the memory tier; 0 turns the tier off.",
+            bounds=(0, 10_000_000)),
+    Setting("cache", "memory_megabytes", "int", 64,
+            "Most encoded bytes kept in the memory tier, in MiB.", bounds=(0, 1_000_000)),
+    Setting("cache", "sweep_interval", "duration", "5m",
+            "Time between two sweeps of expired answers out of the SQLite tier."),
     Setting("poller", "interval", "duration", "24h", "Time between two syncs with the upstream."),
     Setting("auth", "token_ttl", "duration", "1h", "Lifetime of an access token."),
     Setting("auth", "issuer", "str", "marveld", "Issuer (`iss` claim) of access tokens."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,10 +11,14 @@ from datetime import datetime
 import trio
 
 from marveld.config import Settings
-from marveld.grpc.handlers import auth_service, character_service, user_service
+from marveld.domain.cache_policy import CachePolicy
+from marveld.grpc import convert
+from marveld.grpc.handlers import admin_service, auth_service, character_service, user_service
 from marveld.grpc.server import GrpcFace
 from marveld.metrics import Metrics
 from marveld.services.characters import CharacterService
+from marveld.services.guard import CallBudget, CircuitBreaker
+from marveld.services.memory_tier import MemoryTier
 from marveld.services.security import PasswordHasher, TokenIssuer, utc_now
 from marveld.services.users import UserService
 from marveld.storage import Store
@@ -22,6 +27,8 @@ from marveld.web.app import build_app
 from marveld.web.server import serve_asgi
 
 log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +43,31 @@ async def run(
     settings: Settings,
     *,
     clock: Callable[[], datetime] = utc_now,
+    monotonic: Callable[[], float] = time.monotonic,
     hasher: PasswordHasher | None = None,
     task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run marveld until cancelled. Readiness reports the bound ports."""
     metrics = Metrics()
-    secrets = settings.secrets
-    up = settings.upstream
+    secrets, up, cache = settings.secrets, settings.upstream, settings.cache
+    budget = CallBudget(
+        daily=up.daily_budget,
+        poller_reserve=up.poller_reserve,
+        clock=clock,
+        on_change=metrics.upstream_budget_remaining.set,
+    )
+    grpc = GrpcFace(settings.grpc.listen.host, settings.grpc.listen.port, metrics)
+
+    def breaker_changed(serving: bool) -> None:
+        metrics.breaker_changed(serving)
+        grpc.set_serving("marvel.v1.CharacterService", serving)
+
+    breaker = CircuitBreaker(
+        failures=up.breaker_failures,
+        cooldown=up.breaker_cooldown,
+        clock=monotonic,
+        on_change=breaker_changed,
+    )
     async with (
         Store.open(settings.database.path) as store,
         MarvelClient.open(
@@ -56,17 +81,39 @@ async def run(
                 backoff_max=up.backoff_max,
             ),
             on_request=metrics.upstream_attempt,
+            before_attempt=budget.spend,
         ) as marvel,
     ):
         tokens = TokenIssuer(
             secrets.jwt_secret, issuer=settings.auth.issuer, ttl_seconds=settings.auth.token_ttl
         )
         users = UserService(store, hasher or PasswordHasher(), tokens, clock)
-        characters = CharacterService(store, marvel, metrics, clock, ttl_seconds=settings.cache.ttl)
-        grpc = GrpcFace(
-            [auth_service(users), user_service(users), character_service(users, characters)],
-            settings.grpc.listen.host,
-            settings.grpc.listen.port,
+        memory = MemoryTier(
+            max_entries=cache.memory_entries,
+            max_bytes=cache.memory_megabytes * MIB,
+            on_evict=metrics.cache_evictions.inc,
+        )
+        characters = CharacterService(
+            store,
+            marvel,
+            breaker,
+            memory,
+            metrics,
+            clock,
+            policy=CachePolicy(
+                ttl=cache.ttl,
+                stale_while_revalidate=cache.stale_while_revalidate,
+                stale_if_error=cache.stale_if_error,
+                negative_ttl=cache.negative_ttl,
+            ),
+            encode=convert.encode_answer,
+            sweep_interval=cache.sweep_interval,
+        )
+        grpc.serve(
+            auth_service(users),
+            user_service(users),
+            character_service(users, characters),
+            admin_service(users, characters),
         )
 
         async def ready() -> dict[str, bool]:
@@ -78,11 +125,13 @@ async def run(
 
         http_app = build_app(metrics, ready)
         async with trio.open_nursery() as nursery:
+            await nursery.start(budget.keep, store)
+            await nursery.start(characters.run)
             grpc_port = await nursery.start(grpc.run)
             http_port = await nursery.start(
                 serve_asgi, http_app, settings.http.listen.host, settings.http.listen.port
             )
             # The poller (change detection) and the notifier join this nursery with the
-            # issues that build them; until then nothing else runs here.
+            # issues that build them.
             log.info("marveld ready: grpc port %d, http port %d", grpc_port, http_port)
             task_status.started(Endpoints(grpc_port=grpc_port, http_port=http_port))

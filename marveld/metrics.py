@@ -10,10 +10,12 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
 
+_RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 _UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -26,6 +28,27 @@ class Metrics:
             "marveld_cache_requests",
             "Cache look-ups by tier and result (hit, miss, stale).",
             ["tier", "result"],
+            registry=self.registry,
+        )
+        self.cache_entries = Gauge(
+            "marveld_cache_entries",
+            "Answers held, by tier (the SQLite tier as of the last sweep).",
+            ["tier"],
+            registry=self.registry,
+        )
+        self.cache_evictions = Counter(
+            "marveld_cache_evictions",
+            "Answers evicted from the memory tier to stay within its bounds.",
+            registry=self.registry,
+        )
+        self.upstream_budget_remaining = Gauge(
+            "marveld_upstream_budget_remaining",
+            "Upstream calls left in today's budget (UTC day).",
+            registry=self.registry,
+        )
+        self.upstream_breaker_open = Gauge(
+            "marveld_upstream_breaker_open",
+            "1 while the upstream circuit breaker is open or half-open, else 0.",
             registry=self.registry,
         )
         self.upstream_requests = Counter(
@@ -41,6 +64,26 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.rpc_started = Counter(
+            "grpc_server_started",
+            "RPCs started on the server.",
+            ["grpc_service", "grpc_method"],
+            registry=self.registry,
+        )
+        self.rpc_handled = Counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, by status code.",
+            ["grpc_service", "grpc_method", "grpc_code"],
+            registry=self.registry,
+        )
+        self.rpc_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from receiving an RPC's request to sending its status.",
+            ["grpc_service", "grpc_method"],
+            buckets=_RPC_BUCKETS,
+            registry=self.registry,
+        )
+
     def cache_result(self, tier: str, result: str) -> None:
         self.cache_requests.labels(tier=tier, result=result).inc()
 
@@ -48,6 +91,16 @@ class Metrics:
         """The upstream client's ``on_request`` hook."""
         self.upstream_requests.labels(outcome=outcome).inc()
         self.upstream_duration.observe(seconds)
+
+    def rpc_start(self, service: str, method: str) -> None:
+        self.rpc_started.labels(grpc_service=service, grpc_method=method).inc()
+
+    def rpc_end(self, service: str, method: str, code: str, seconds: float) -> None:
+        self.rpc_handled.labels(grpc_service=service, grpc_method=method, grpc_code=code).inc()
+        self.rpc_seconds.labels(grpc_service=service, grpc_method=method).observe(seconds)
+
+    def breaker_changed(self, serving: bool) -> None:
+        self.upstream_breaker_open.set(0 if serving else 1)
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text format and its content type."""

@@ -54,6 +54,8 @@ class AioClient:
         self.run_sync(self.channel.close)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(CALL_TIMEOUT)
+        # Let the transports run the close callbacks they scheduled, then close the loop.
+        self._loop.run_until_complete(asyncio.sleep(0.01))
         self._loop.close()
 
 
@@ -63,4 +65,5 @@ async def grpc_client(port: int) -> AsyncIterator[AioClient]:
     try:
         yield client
     finally:
-        await trio.to_thread.run_sync(client.close)
+        with trio.CancelScope(shield=True):  # closed even when the test cancels its daemon
+            await trio.to_thread.run_sync(client.close)

@@ -5,11 +5,13 @@ no sleeps to wait for readiness, no mocks of marveld's own code."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -75,15 +77,22 @@ class Running:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.endpoints.http_port}"
 
+    async def metrics(self) -> str:
+        async with httpx.AsyncClient() as http:
+            return (await http.get(f"{self.http}/metrics")).text
+
 
 class Clock:
     """A clock tests move by hand; it starts at the real time (tokens check the wall clock)."""
 
     def __init__(self) -> None:
-        self.now = datetime.now(UTC)
+        self.now = self._start = datetime.now(UTC)
 
     def __call__(self) -> datetime:
         return self.now
+
+    def monotonic(self) -> float:
+        return (self.now - self._start).total_seconds()
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
@@ -93,8 +102,9 @@ async def start_daemon(
     nursery: trio.Nursery, settings: Settings, clock: Clock | None = None
 ) -> daemon.Endpoints:
     """``daemon.run`` in ``nursery``; returns once it serves, with its real ports."""
+    clock = clock or Clock()
     endpoints: daemon.Endpoints = await nursery.start(
-        partial(daemon.run, settings, hasher=FAST_HASHER, clock=clock or Clock())
+        partial(daemon.run, settings, hasher=FAST_HASHER, clock=clock, monotonic=clock.monotonic)
     )
     return endpoints
 
@@ -104,12 +114,22 @@ def clock() -> Clock:
     return Clock()
 
 
+@asynccontextmanager
+async def running_daemon(
+    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock, **env: str
+) -> AsyncIterator[Running]:
+    """A daemon in front of ``sim`` with settings ``env`` (MARVELD_* variables) and a
+    grpclib client connected to it."""
+    settings = make_settings(tmp_path, sim.url, **env)
+    endpoints = await start_daemon(nursery, settings, clock)
+    async with grpc_client(endpoints.grpc_port) as client:
+        yield Running(settings, endpoints, sim, client)
+
+
 @pytest.fixture
 async def marveld(
     nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock
 ) -> AsyncIterator[Running]:
-    """A running daemon in front of the simulator, and a grpclib client connected to it."""
-    settings = make_settings(tmp_path, sim.url, MARVELD_CACHE_TTL="60s")
-    endpoints = await start_daemon(nursery, settings, clock)
-    async with grpc_client(endpoints.grpc_port) as client:
-        yield Running(settings, endpoints, sim, client)
+    """A running daemon in front of the simulator (cache TTL 60 s), and a client."""
+    async with running_daemon(nursery, sim, tmp_path, clock, MARVELD_CACHE_TTL="60s") as m:
+        yield m

@@ -65,8 +65,20 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         max_attempts=4,
         backoff_initial=0.2,
         backoff_max=10.0,
+        daily_budget=1000,
+        poller_reserve=100,
+        breaker_failures=5,
+        breaker_cooldown=30.0,
     )
-    assert s.cache.ttl == 3600.0
+    assert s.cache == config.CacheSettings(
+        ttl=3600.0,
+        stale_while_revalidate=300.0,
+        stale_if_error=86400.0,
+        negative_ttl=60.0,
+        memory_entries=10_000,
+        memory_megabytes=64,
+        sweep_interval=300.0,
+    )
     assert s.poller.interval == 86400.0
     assert s.auth == config.AuthSettings(token_ttl=3600.0, issuer="marveld")
     assert s.log == config.LogSettings(level="info", format="auto")
@@ -125,7 +137,7 @@ def test_values_from_the_file(tmp_path: Path) -> None:
     assert s.http.listen == HostPort("::1", 0)
     assert s.database.path == Path("/var/lib/marveld/marveld.db")
     assert s.upstream == config.UpstreamSettings(
-        "https://marvel.example.com/v1/public", 2.5, 2, 0.1, 60.0
+        "https://marvel.example.com/v1/public", 2.5, 2, 0.1, 60.0, 1000, 100, 5, 30.0
     )
     assert (s.cache.ttl, s.poller.interval, s.auth.token_ttl) == (900.0, 5400.0, 86400.0)
     assert s.auth.issuer == "marveld.example.com"
@@ -302,7 +314,7 @@ def test_unknown_key_with_a_hint(tmp_path: Path) -> None:
     message = error(tmp_path, "[upstream]\nzzz = 1\n")
     assert message.endswith(
         "[upstream] unknown key: zzz (known: url, timeout, max_attempts, backoff_initial,"
-        " backoff_max)"
+        " backoff_max, daily_budget, poller_reserve, breaker_failures, breaker_cooldown)"
     )
 
 
@@ -498,7 +510,7 @@ def test_the_example_file_documents_every_setting_and_holds_the_defaults(tmp_pat
     defaults = tmp_path / "empty.toml"
     defaults.write_text("")
     assert load_settings(path, SECRET_ENV) == load_settings(defaults, SECRET_ENV)
-    assert len(tomllib.loads(uncommented)["upstream"]) == 5
+    assert len(tomllib.loads(uncommented)["upstream"]) == 9
 
 
 def test_the_markdown_reference() -> None:
@@ -520,3 +532,8 @@ def test_readme_settings_reference_is_current() -> None:
     assert readme[begin:end].rstrip() == settings_reference_markdown().rstrip(), (
         "README.md's settings table is stale: paste settings_reference_markdown() output"
     )
+
+
+def test_poller_reserve_must_leave_room_for_requests(tmp_path: Path) -> None:
+    message = error(tmp_path, "[upstream]\ndaily_budget = 100\npoller_reserve = 100\n")
+    assert "upstream.poller_reserve (100) must be less than upstream.daily_budget (100)" in message

@@ -145,7 +145,7 @@ async def test_list_get_and_second_list_is_a_cache_hit(marveld: Running) -> None
 
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(f"{marveld.http}/metrics")).text
-    assert 'marveld_cache_requests_total{result="hit",tier="sqlite"} 1.0' in metrics
+    assert 'marveld_cache_requests_total{result="hit",tier="memory"} 1.0' in metrics
     assert 'marveld_cache_requests_total{result="miss",tier="sqlite"} 2.0' in metrics
     assert 'marveld_upstream_requests_total{outcome="ok"} 2.0' in metrics
 

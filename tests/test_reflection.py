@@ -36,4 +36,4 @@ async def test_grpcio_client_walks_the_contract_through_reflection(marveld: Runn
 
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(f"{marveld.http}/metrics")).text
-    assert 'marveld_cache_requests_total{result="hit",tier="sqlite"} 1.0' in metrics
+    assert 'marveld_cache_requests_total{result="hit",tier="memory"} 1.0' in metrics

@@ -16,6 +16,7 @@ import grpclib.server
 import trio
 import trio_asyncio
 from grpclib.const import Status
+from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 
 from marveld.domain import errors
@@ -38,6 +39,11 @@ class CallContext:
 
 
 TrioHandler = Callable[[Any, CallContext], Awaitable[Any]]
+"""Runs in trio: the reply (a message, or bytes already encoded), or a MarveldError."""
+
+FastPath = Callable[[Any, CallContext], bytes | None]
+"""Runs on the asyncio side, synchronously: the encoded reply when it can answer without
+entering trio (a fresh cached answer), else None. It must not block and should not raise."""
 
 
 def status_for(exc: errors.MarveldError) -> GRPCError:
@@ -93,18 +99,24 @@ async def _call_in_trio(
     return None, GRPCError(Status.DEADLINE_EXCEEDED, "deadline exceeded")
 
 
-def unary(fn: TrioHandler, request_type: type, reply_type: type) -> grpclib.const.Handler:
-    """A grpclib unary handler that reads the request, hops into trio once, and replies."""
+def unary(
+    fn: TrioHandler, request_type: type, reply_type: type, *, fast: FastPath | None = None
+) -> grpclib.const.Handler:
+    """A grpclib unary handler: reads the request, tries ``fast`` (no trio), else hops into
+    trio once, and replies."""
 
     async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
         request = await stream.recv_message()
-        seconds = MAX_CALL_SECONDS
-        if stream.deadline is not None:
-            seconds = min(seconds, stream.deadline.time_remaining())
         value = stream.metadata.get("authorization") if stream.metadata else None
         ctx = CallContext(
             authorization=value if isinstance(value, str) else None, peer=_peer(stream)
         )
+        if fast is not None and (encoded := _try_fast(fast, request, ctx)) is not None:
+            await stream.send_message(encoded)
+            return
+        seconds = MAX_CALL_SECONDS
+        if stream.deadline is not None:
+            seconds = min(seconds, stream.deadline.time_remaining())
         reply, error = await trio_asyncio.trio_as_aio(_call_in_trio)(fn, request, ctx, seconds)
         if error is not None:
             raise error
@@ -113,6 +125,24 @@ def unary(fn: TrioHandler, request_type: type, reply_type: type) -> grpclib.cons
     return grpclib.const.Handler(
         handle, grpclib.const.Cardinality.UNARY_UNARY, request_type, reply_type
     )
+
+
+def _try_fast(fast: FastPath, request: Any, ctx: CallContext) -> bytes | None:
+    try:
+        return fast(request, ctx)
+    except Exception:
+        log.exception("fast path failed; taking the slow path")
+        return None
+
+
+class PassthroughCodec(ProtoCodec):
+    """grpclib's protobuf codec, except that ``bytes`` go out as they are: a cached answer
+    is encoded once and sent many times."""
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        if isinstance(message, bytes):
+            return message
+        return super().encode(message, message_type)
 
 
 def _peer(stream: grpclib.server.Stream[Any, Any]) -> str:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from marveld.domain.characters import Character
+from marveld.domain.characters import Character, CharacterPage
 from marveld.domain.users import User
 from marveld.proto.marvel import v1 as pb
-from marveld.services.characters import CacheStatus, ServedPage
+from marveld.services.characters import CacheStatus, Served
 from marveld.services.security import AccessToken
 
 _CACHE_STATUS = {
@@ -32,8 +32,8 @@ def character(c: Character) -> pb.Character:
     )
 
 
-def page(served: ServedPage) -> pb.CharacterPage:
-    p = served.page
+def page_body(p: CharacterPage) -> pb.CharacterPage:
+    """A page without its cache fields; :func:`cache_suffix` adds them to the encoding."""
     return pb.CharacterPage(
         characters=[character(c) for c in p.characters],
         offset=p.offset,
@@ -41,9 +41,44 @@ def page(served: ServedPage) -> pb.CharacterPage:
         total=p.total,
         count=p.count,
         attribution_text=p.attribution_text,
-        cache_status=_CACHE_STATUS[served.status],
-        cache_age_seconds=served.age_seconds,
     )
+
+
+def encode_answer(key: str, p: CharacterPage) -> bytes:
+    """What the cache keeps beside an answer: a page's body, or one Character message for
+    a single-character answer (``characters/<id>``); empty for an unknown id."""
+    if key.startswith("characters/"):
+        return bytes(character(p.characters[0])) if p.characters else b""
+    return bytes(page_body(p))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+# Field tags of CharacterPage.cache_status (7) and cache_age_seconds (8), wire type varint.
+_CACHE_STATUS_TAG = _varint(7 << 3)
+_CACHE_AGE_TAG = _varint(8 << 3)
+
+
+def cache_suffix(status: CacheStatus, age_seconds: int) -> bytes:
+    """The encoded cache fields. Protobuf reads concatenated messages as one, the later
+    value of a field winning, so ``body + suffix`` is the whole page without re-encoding."""
+    return (
+        _CACHE_STATUS_TAG
+        + _varint(_CACHE_STATUS[status].value)
+        + _CACHE_AGE_TAG
+        + _varint(max(0, age_seconds))
+    )
+
+
+def page_reply(served: Served) -> bytes:
+    return served.answer.encoded + cache_suffix(served.status, served.age_seconds)
 
 
 def profile(user: User) -> pb.UserProfile:

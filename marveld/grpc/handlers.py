@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from marveld.domain.errors import InvalidArgument, PermissionDenied
 from marveld.domain.queries import CharacterQuery, search_query
 from marveld.grpc import convert
-from marveld.grpc.bridge import CallContext, Service, unary
+from marveld.grpc.bridge import CallContext, FastPath, Service, TrioHandler, unary
 from marveld.proto.marvel import v1 as pb
-from marveld.services.characters import CharacterService
+from marveld.services.characters import CacheStatus, CharacterService, character_key
 from marveld.services.users import UserService
 
 PACKAGE = "marvel.v1"
@@ -42,39 +46,96 @@ def user_service(users: UserService) -> Service:
     )
 
 
+def _list_query(request: pb.ListCharactersRequest) -> CharacterQuery:
+    return CharacterQuery.parse(
+        name=request.name,
+        name_starts_with=request.name_starts_with,
+        modified_since=request.modified_since,
+        order_by=request.order_by,
+        limit=request.limit,
+        offset=request.offset,
+    )
+
+
+def _search_query(request: pb.SearchCharactersRequest) -> CharacterQuery:
+    return search_query(request.query, request.limit, request.offset)
+
+
 def character_service(users: UserService, characters: CharacterService) -> Service:
-    async def list_characters(
-        request: pb.ListCharactersRequest, ctx: CallContext
-    ) -> pb.CharacterPage:
-        await users.authenticate(ctx.authorization)
-        query = CharacterQuery.parse(
-            name=request.name,
-            name_starts_with=request.name_starts_with,
-            modified_since=request.modified_since,
-            order_by=request.order_by,
-            limit=request.limit,
-            offset=request.offset,
-        )
-        return convert.page(await characters.list(query))
+    """Pages go out as bytes: the cached encoding plus the cache fields (see convert)."""
 
-    async def search_characters(
-        request: pb.SearchCharactersRequest, ctx: CallContext
-    ) -> pb.CharacterPage:
-        await users.authenticate(ctx.authorization)
-        query = search_query(request.query, request.limit, request.offset)
-        return convert.page(await characters.list(query))
+    def fast_page(to_query: Callable[[Any], CharacterQuery]) -> FastPath:
+        def fast(request: Any, ctx: CallContext) -> bytes | None:
+            if users.authenticate_fast(ctx.authorization) is None:
+                return None
+            try:
+                key = to_query(request).cache_key()
+            except InvalidArgument:
+                return None  # the slow path says what is wrong
+            hit = characters.fresh(key)
+            if hit is None:
+                return None
+            answer, age = hit
+            return answer.encoded + convert.cache_suffix(CacheStatus.HIT, age)
 
-    async def get_character(request: pb.GetCharacterRequest, ctx: CallContext) -> pb.Character:
+        return fast
+
+    def slow_page(to_query: Callable[[Any], CharacterQuery]) -> TrioHandler:
+        async def slow(request: Any, ctx: CallContext) -> bytes:
+            await users.authenticate(ctx.authorization)
+            return convert.page_reply(await characters.list(to_query(request)))
+
+        return slow
+
+    def fast_character(request: pb.GetCharacterRequest, ctx: CallContext) -> bytes | None:
+        if users.authenticate_fast(ctx.authorization) is None or request.id <= 0:
+            return None
+        hit = characters.fresh(character_key(request.id))
+        if hit is None or not hit[0].encoded:
+            return None  # unknown ids take the slow path, which says NOT_FOUND
+        return hit[0].encoded
+
+    async def get_character(request: pb.GetCharacterRequest, ctx: CallContext) -> bytes:
         await users.authenticate(ctx.authorization)
-        return convert.character(await characters.get(request.id))
+        return (await characters.get(request.id)).answer.encoded
 
     return Service(
         f"{PACKAGE}.CharacterService",
         {
-            "ListCharacters": unary(list_characters, pb.ListCharactersRequest, pb.CharacterPage),
-            "SearchCharacters": unary(
-                search_characters, pb.SearchCharactersRequest, pb.CharacterPage
+            "ListCharacters": unary(
+                slow_page(_list_query),
+                pb.ListCharactersRequest,
+                pb.CharacterPage,
+                fast=fast_page(_list_query),
             ),
-            "GetCharacter": unary(get_character, pb.GetCharacterRequest, pb.Character),
+            "SearchCharacters": unary(
+                slow_page(_search_query),
+                pb.SearchCharactersRequest,
+                pb.CharacterPage,
+                fast=fast_page(_search_query),
+            ),
+            "GetCharacter": unary(
+                get_character, pb.GetCharacterRequest, pb.Character, fast=fast_character
+            ),
         },
+    )
+
+
+def admin_service(users: UserService, characters: CharacterService) -> Service:
+    async def purge_cache(request: pb.PurgeCacheRequest, ctx: CallContext) -> pb.PurgeCacheResponse:
+        user = await users.authenticate(ctx.authorization)
+        if user.role != "admin":
+            raise PermissionDenied("PurgeCache needs the admin role")
+        if request.character_id is not None and request.character_id <= 0:
+            raise InvalidArgument("character_id", "must be a positive Marvel character id")
+        removed = await characters.purge(
+            key=request.key or "",
+            marvel_id=request.character_id or 0,
+            everything=bool(request.all),
+        )
+        return pb.PurgeCacheResponse(removed=removed)
+
+    return Service(
+        f"{PACKAGE}.AdminService",
+        {"PurgeCache": unary(purge_cache, pb.PurgeCacheRequest, pb.PurgeCacheResponse)},
     )

@@ -5,20 +5,25 @@ Readiness (``task_status.started``) reports the real port, so port 0 works.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import socket
-from collections.abc import Sequence
+import time
 from typing import Any
 
 import grpclib.server
 import trio
 import trio_asyncio
 from google.protobuf.descriptor_pool import Default
-from grpclib.health.service import Health
+from grpclib.events import RecvRequest, SendTrailingMetadata, listen
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import OVERALL, Health
 from grpclib.reflection._deprecated import ServerReflection as ServerReflectionV1Alpha
 from grpclib.reflection.service import ServerReflection
 
-from marveld.grpc.bridge import Service
+from marveld.grpc.bridge import PassthroughCodec, Service
+from marveld.metrics import Metrics
 from marveld.proto.google_proto_descriptor_pool import default_google_proto_descriptor_pool
 
 log = logging.getLogger(__name__)
@@ -61,30 +66,53 @@ def bind_tcp(host: str, port: int) -> socket.socket:
 
 
 class GrpcFace:
-    """Serves ``services`` plus grpc.health.v1.Health and server reflection."""
+    """Serves marveld's services plus grpc.health.v1.Health and server reflection.
 
-    def __init__(self, services: Sequence[Service], host: str, port: int) -> None:
-        self._services = list(services)
+    Health answers SERVING for the server as a whole while it runs; a service whose
+    dependency fails (the character service while the upstream breaker is open) is marked
+    NOT_SERVING with :meth:`set_serving`.
+    """
+
+    def __init__(self, host: str, port: int, metrics: Metrics) -> None:
         self._host = host
         self._port = port
+        self._metrics = metrics
+        self._services: list[Service] = []
+        self._statuses: dict[str, ServiceStatus] = {}
 
-    def _all_services(self) -> list[Any]:
+    def serve(self, *services: Service) -> None:
+        for service in services:
+            self._services.append(service)
+            self._statuses[service.name] = ServiceStatus()
+            self._statuses[service.name].set(True)
+
+    def set_serving(self, service: str, serving: bool) -> None:
+        """Plain synchronous code: callable from trio (the asyncio loop runs in this thread)."""
+        self._statuses[service].set(serving)
+
+    def _server(self) -> grpclib.server.Server:
         names = [s.name for s in self._services]
-        health = Health()
         names += ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"]
+        checks: dict[Any, list[ServiceStatus]] = {OVERALL: []}
+        checks.update({s: [self._statuses[s.name]] for s in self._services})
         pool = _Descriptors()
-        return [
-            *self._services,
-            health,
-            ServerReflection(_service_names=names, _pool=pool),
-            ServerReflectionV1Alpha(_service_names=names, _pool=pool),
-        ]
+        server = grpclib.server.Server(
+            [
+                *self._services,
+                Health(checks),
+                ServerReflection(_service_names=names, _pool=pool),
+                ServerReflectionV1Alpha(_service_names=names, _pool=pool),
+            ],
+            codec=PassthroughCodec(),
+        )
+        _count_rpcs(server, self._metrics)
+        return server
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         sock = bind_tcp(self._host, self._port)
         port = int(sock.getsockname()[1])
         async with trio_asyncio.open_loop():
-            server = grpclib.server.Server(self._all_services())
+            server = self._server()
             await trio_asyncio.aio_as_trio(server.start)(sock=sock)
             log.info("grpc listening on %s:%d", self._host, port)
             try:
@@ -94,4 +122,29 @@ class GrpcFace:
                 with trio.move_on_after(SHUTDOWN_GRACE_SECONDS, shield=True):
                     server.close()
                     await trio_asyncio.aio_as_trio(server.wait_closed)()
+                    # Closing a transport closes its socket in a callback; let those run
+                    # before the loop goes away.
+                    await trio_asyncio.aio_as_trio(asyncio.sleep)(0.01)
                 sock.close()
+
+
+_CALL: contextvars.ContextVar[tuple[str, str, float]] = contextvars.ContextVar("marveld_rpc")
+
+
+def _count_rpcs(server: grpclib.server.Server, metrics: Metrics) -> None:
+    """grpc_server_* metrics for every RPC, ours and health/reflection alike. grpclib sends
+    both events from the task that handles the call, so a context variable joins them."""
+
+    async def on_request(event: RecvRequest) -> None:
+        _, service, method = event.method_name.split("/")
+        metrics.rpc_start(service, method)
+        _CALL.set((service, method, time.perf_counter()))
+
+    async def on_trailers(event: SendTrailingMetadata) -> None:
+        call = _CALL.get(None)
+        if call is not None:
+            service, method, started = call
+            metrics.rpc_end(service, method, event.status.name, time.perf_counter() - started)
+
+    listen(server, RecvRequest, on_request)
+    listen(server, SendTrailingMetadata, on_trailers)

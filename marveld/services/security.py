@@ -85,8 +85,8 @@ class TokenIssuer:
         token = jwt.encode(claims, self._secret, algorithm=ALGORITHM)
         return AccessToken(token=token, expires_at=expires.replace(microsecond=0), subject=subject)
 
-    def verify(self, token: str, now: datetime) -> str:
-        """The token's subject (a user id); Unauthenticated when the token does not check out."""
+    def verify(self, token: str, now: datetime) -> AccessToken:
+        """The checked token (subject: a user id); Unauthenticated when it does not check out."""
         try:
             claims = jwt.decode(
                 token,
@@ -104,7 +104,11 @@ class TokenIssuer:
         # PyJWT checks exp against the wall clock; check against the clock we were given too.
         if claims["exp"] + LEEWAY_SECONDS < now.timestamp():
             raise Unauthenticated("access token expired; log in again")
-        return str(claims["sub"])
+        return AccessToken(
+            token=token,
+            expires_at=datetime.fromtimestamp(claims["exp"] + LEEWAY_SECONDS, UTC),
+            subject=str(claims["sub"]),
+        )
 
 
 def utc_now() -> datetime:

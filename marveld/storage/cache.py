@@ -101,6 +101,20 @@ class CacheRepo:
         )
         return removed > 0
 
+    async def delete_for_character(self, marvel_id: int) -> list[str]:
+        """Remove every entry that holds the character; returns their keys."""
+
+        def delete(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "DELETE FROM cache WHERE id IN"
+                " (SELECT cache_id FROM cache_characters WHERE marvel_id = ?)"
+                " OR cache_key = ? RETURNING cache_key",
+                (marvel_id, f"characters/{marvel_id}"),
+            ).fetchall()
+            return sorted(str(row[0]) for row in rows)
+
+        return await self._db.write(delete)
+
     async def clear(self) -> int:
         """Remove every entry; returns how many."""
         return await self._db.write(lambda conn: conn.execute("DELETE FROM cache").rowcount)

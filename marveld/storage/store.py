@@ -11,6 +11,7 @@ from pathlib import Path
 from marveld.storage.cache import CacheRepo
 from marveld.storage.characters import CharacterRepo
 from marveld.storage.database import DEFAULT_READERS, Database
+from marveld.storage.state import StateRepo
 from marveld.storage.users import UserRepo
 
 log = logging.getLogger(__name__)
@@ -22,12 +23,14 @@ class Store:
     users: UserRepo
     characters: CharacterRepo
     cache: CacheRepo
+    state: StateRepo
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self.users = UserRepo(db)
         self.characters = CharacterRepo(db)
         self.cache = CacheRepo(db)
+        self.state = StateRepo(db)
 
     @classmethod
     @asynccontextmanager

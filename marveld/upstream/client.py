@@ -28,6 +28,10 @@ T = TypeVar("T")
 OnRequest = Callable[[str, float], None]
 """Called once per HTTP attempt with one of :data:`OUTCOMES` and the attempt's seconds."""
 
+BeforeAttempt = Callable[[str], None]
+"""Called before each HTTP attempt with the call's purpose ("request" or "poller"); it may
+raise (a spent call budget, an open breaker) to stop the attempt and the call."""
+
 OUTCOMES: Final = (
     "ok",
     "not_modified",
@@ -69,12 +73,14 @@ class MarvelClient:
         *,
         retry: RetryPolicy,
         on_request: OnRequest | None,
+        before_attempt: BeforeAttempt | None,
         clock: Callable[[], float],
     ) -> None:
         self._http = http
         self._auth = auth
         self._retry = retry
         self._on_request = on_request
+        self._before_attempt = before_attempt
         self._clock = clock
 
     def __repr__(self) -> str:
@@ -91,6 +97,7 @@ class MarvelClient:
         timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - per HTTP attempt, not a deadline
         retry: RetryPolicy = DEFAULT_RETRY,
         on_request: OnRequest | None = None,
+        before_attempt: BeforeAttempt | None = None,
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> AsyncIterator[MarvelClient]:
@@ -111,19 +118,32 @@ class MarvelClient:
             transport=transport,
             headers={"Accept": "application/json", "User-Agent": USER_AGENT},
         ) as http:
-            yield cls(http, auth, retry=retry, on_request=on_request, clock=clock)
+            yield cls(
+                http,
+                auth,
+                retry=retry,
+                on_request=on_request,
+                before_attempt=before_attempt,
+                clock=clock,
+            )
 
     async def list_characters(
-        self, params: Mapping[str, str], *, etag: str | None = None
+        self, params: Mapping[str, str], *, etag: str | None = None, purpose: str = "request"
     ) -> CharacterPage | None:
         """One page of ``GET /characters?{params}``; None when ``etag`` is still current (304)."""
-        return await self._get("characters", params, CharacterPage.from_marvel, etag=etag)
+        return await self._get(
+            "characters", params, CharacterPage.from_marvel, etag=etag, purpose=purpose
+        )
 
-    async def get_character(self, marvel_id: int) -> Character:
+    async def get_character(self, marvel_id: int, *, purpose: str = "request") -> Character:
         """``GET /characters/{id}``; NotFound when the upstream does not know the id."""
         missing = f"character {marvel_id} not found"
         page = await self._get(
-            f"characters/{marvel_id}", {}, CharacterPage.from_marvel, not_found=missing
+            f"characters/{marvel_id}",
+            {},
+            CharacterPage.from_marvel,
+            not_found=missing,
+            purpose=purpose,
         )
         assert page is not None  # only a request with an etag can come back None
         if not page.characters:
@@ -138,11 +158,14 @@ class MarvelClient:
         *,
         etag: str | None = None,
         not_found: str | None = None,
+        purpose: str = "request",
     ) -> T | None:
         what = f"GET /{path}"
         headers = {"If-None-Match": etag} if etag else {}
 
         async def attempt() -> T | None:
+            if self._before_attempt is not None:
+                self._before_attempt(purpose)
             started = trio.current_time()
             result = await self._exchange(path, params, headers, parse, what, not_found)
             if self._on_request is not None:
