@@ -1,0 +1,159 @@
+"""The upstream's protections on their own, with clocks the tests move: the daily budget
+and the circuit breaker."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import trio
+
+from marveld.domain.errors import NotFound, UpstreamError, UpstreamRejected, UpstreamUnavailable
+from marveld.services.guard import BreakerState, BudgetSpent, CallBudget, CircuitBreaker
+from marveld.storage import Store
+
+
+class Now:
+    def __init__(self) -> None:
+        self.value = datetime(2026, 11, 24, 23, 59, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.value
+
+
+def test_requests_stop_short_of_the_pollers_reserve_and_the_budget_renews_at_midnight() -> None:
+    now = Now()
+    remaining: list[int] = []
+    budget = CallBudget(daily=5, poller_reserve=2, clock=now, on_change=remaining.append)
+    for _ in range(3):
+        budget.spend("request")
+    with pytest.raises(BudgetSpent) as info:
+        budget.spend("request")
+    assert "kept for the poller" in str(info.value)
+    assert info.value.retry_after == 60.0  # one minute to UTC midnight
+    budget.spend("poller")
+    budget.spend("poller")
+    with pytest.raises(BudgetSpent):
+        budget.spend("poller")
+    assert budget.remaining == 0
+    assert remaining[-1] == 0
+
+    now.value += timedelta(minutes=2)  # a new UTC day
+    assert budget.remaining == 5
+    budget.spend("request")
+    assert budget.used == 1
+
+
+async def test_spending_survives_a_restart(tmp_path: Path) -> None:
+    now = Now()
+    async with Store.open(tmp_path / "m.db") as store:
+        for expected_used in (2, 4):
+            budget = CallBudget(daily=10, poller_reserve=0, clock=now)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(budget.keep, store)
+                budget.spend("request")
+                budget.spend("request")
+                with trio.fail_after(5):
+                    while await store.state.get("upstream_budget") != (  # noqa: ASYNC110
+                        f"2026-11-24 {expected_used}"
+                    ):
+                        await trio.sleep(0.001)
+                nursery.cancel_scope.cancel()
+        now.value += timedelta(days=1)
+        tomorrow = CallBudget(daily=10, poller_reserve=0, clock=now)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(tomorrow.keep, store)
+            assert tomorrow.used == 0
+            nursery.cancel_scope.cancel()
+
+
+def state(breaker: CircuitBreaker) -> BreakerState:
+    return breaker.state
+
+
+class Monotonic:
+    def __init__(self) -> None:
+        self.value = 100.0
+
+    def __call__(self) -> float:
+        return self.value
+
+
+def fails(exc: Exception) -> Callable[[], Awaitable[None]]:
+    async def call() -> None:
+        raise exc
+
+    return call
+
+
+async def ok() -> str:
+    return "ok"
+
+
+async def test_the_breaker_opens_after_repeated_failures_and_closes_after_a_good_trial() -> None:
+    clock = Monotonic()
+    changes: list[bool] = []
+    breaker = CircuitBreaker(failures=3, cooldown=10, clock=clock, on_change=changes.append)
+    down = UpstreamUnavailable("down")
+    for _ in range(2):
+        with pytest.raises(UpstreamUnavailable):
+            await breaker.call(fails(down))
+    assert await breaker.call(ok) == "ok"  # a success resets the count
+    for _ in range(3):
+        with pytest.raises(UpstreamError):
+            await breaker.call(fails(UpstreamError("malformed")))
+    assert state(breaker) is BreakerState.OPEN
+    assert changes == [False]
+
+    with pytest.raises(UpstreamUnavailable, match="circuit open") as info:
+        await breaker.call(ok)
+    assert info.value.retry_after == 10
+
+    clock.value += 10  # the trial fails: open again, for a new cooldown
+    with pytest.raises(UpstreamUnavailable):
+        await breaker.call(fails(down))
+    assert state(breaker) is BreakerState.OPEN
+    with pytest.raises(UpstreamUnavailable, match="circuit open"):
+        await breaker.call(ok)
+
+    clock.value += 10
+    assert await breaker.call(ok) == "ok"
+    assert state(breaker) is BreakerState.CLOSED
+    assert changes == [False, True]
+
+
+async def test_answers_and_our_own_limits_are_not_upstream_failures() -> None:
+    breaker = CircuitBreaker(failures=1, cooldown=10, clock=Monotonic())
+    for harmless in (
+        NotFound("no such character"),
+        UpstreamRejected("bad request", status=409, code=409),
+        BudgetSpent("spent", retry_after=5),
+        ValueError("a bug of ours"),
+    ):
+        with pytest.raises(type(harmless)):
+            await breaker.call(fails(harmless))
+        assert state(breaker) is BreakerState.CLOSED
+
+
+async def test_one_trial_at_a_time_while_half_open() -> None:
+    clock = Monotonic()
+    breaker = CircuitBreaker(failures=1, cooldown=5, clock=clock)
+    with pytest.raises(UpstreamUnavailable):
+        await breaker.call(fails(UpstreamUnavailable("down")))
+    clock.value += 5
+    release = trio.Event()
+
+    async def slow_trial() -> str:
+        await release.wait()
+        return "ok"
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(breaker.call, slow_trial)
+        await trio.testing.wait_all_tasks_blocked()
+        assert state(breaker) is BreakerState.HALF_OPEN
+        with pytest.raises(UpstreamUnavailable, match="half-open"):
+            await breaker.call(ok)
+        release.set()
+    assert state(breaker) is BreakerState.CLOSED
