@@ -1,6 +1,13 @@
-"""``make bench``: every benchmark, one after the other."""
+"""``make bench``: every benchmark, one after the other. ``--quick``: smaller runs, to check
+that everything is wired."""
 
-from bench import latency
+import argparse
+
+from bench import cache, latency
 
 if __name__ == "__main__":
-    latency.main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs, to check wiring")
+    args = parser.parse_args()
+    latency.main(["--hits", "300", "--misses", "50"] if args.quick else [])
+    cache.main(["--quick"] if args.quick else [])

@@ -12,102 +12,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
-import httpx
 from grpclib.client import Channel
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
 
+from bench.harness import RESULTS, TIMEOUT, live_daemon, login, summarize
 from marveld.proto.marvel import v1 as pb
-
-RESULTS = Path(__file__).parent / "results"
-TIMEOUT = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until_up(url: str, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up in {seconds:.0f}s")
-
-
-@contextmanager
-def live_daemon() -> Iterator[int]:
-    """``marveld sim`` and ``marveld serve`` in subprocesses; yields the gRPC port."""
-    with tempfile.TemporaryDirectory() as tmp:
-        sim_port, grpc_port, http_port = free_port(), free_port(), free_port()
-        env = {
-            **os.environ,
-            "MARVEL_PUBLIC_KEY": "bench-public",
-            "MARVEL_PRIVATE_KEY": "bench-private",
-            "MARVELD_JWT_SECRET": "bench-jwt-secret-bench-jwt-secret-0123",
-            "MARVELD_GRPC_LISTEN": f"127.0.0.1:{grpc_port}",
-            "MARVELD_HTTP_LISTEN": f"127.0.0.1:{http_port}",
-            "MARVELD_DATABASE_PATH": str(Path(tmp) / "bench.db"),
-            "MARVELD_UPSTREAM_URL": f"http://127.0.0.1:{sim_port}/v1/public",
-            "MARVELD_LOG_LEVEL": "warning",
-        }
-        config = Path(tmp) / "marveld.toml"
-        config.touch()
-        marveld = [sys.executable, "-m", "marveld"]
-        logs = (Path(tmp) / "sim.log").open("w"), (Path(tmp) / "daemon.log").open("w")
-        sim = subprocess.Popen([*marveld, "sim", "--port", str(sim_port)], env=env, stderr=logs[0])
-        daemon = subprocess.Popen(
-            [*marveld, "serve", "--config", str(config)], env=env, stderr=logs[1]
-        )
-        try:
-            wait_until_up(f"http://127.0.0.1:{sim_port}/_sim/stats")
-            wait_until_up(f"http://127.0.0.1:{http_port}/healthz")
-            yield grpc_port
-        finally:
-            for proc in (daemon, sim):
-                proc.terminate()
-                proc.wait(10)
-            for log in logs:
-                log.close()
-
-
-def summarize(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "calls": len(ordered),
-        "p50_ms": statistics.median(ordered) * 1000,
-        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-    }
 
 
 async def measure(grpc_port: int, hits: int, misses: int) -> dict[str, dict[str, float]]:
     channel = Channel("127.0.0.1", grpc_port)
     try:
-        auth = pb.AuthServiceStub(channel)
-        await auth.register(
-            pb.RegisterRequest(name="Bench", email="bench@example.com", password="bench password"),
-            timeout=TIMEOUT,
-        )
-        token = await auth.login(
-            pb.LoginRequest(email="bench@example.com", password="bench password"), timeout=TIMEOUT
-        )
-        metadata = {"authorization": f"Bearer {token.access_token}"}
+        metadata = await login(channel)
         characters = pb.CharacterServiceStub(channel)
 
         async def timed(request: pb.ListCharactersRequest, expect: pb.CacheStatus) -> float:
