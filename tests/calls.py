@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from grpclib.client import Channel
+from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError
 
 from marveld.proto.marvel import v1 as pb
@@ -39,3 +40,30 @@ async def list_characters(m: Running, auth: dict[str, str], **fields: object) ->
         )
 
     return await m.client.call(go)
+
+
+class Raw:
+    """A "message" that is just bytes: lets a test put anything on the wire."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:
+        return self.data
+
+    @classmethod
+    def FromString(cls, data: bytes) -> Raw:
+        return cls(data)
+
+
+def raw_call(path: str, data: bytes, metadata: dict[str, str] | None = None) -> object:
+    """A call to ``path`` (``/marvel.v1.AuthService/Login``) whose request is ``data``."""
+
+    async def go(channel: Channel) -> Raw | None:
+        async with channel.request(
+            path, Cardinality.UNARY_UNARY, Raw, Raw, timeout=TIMEOUT, metadata=metadata
+        ) as stream:
+            await stream.send_message(Raw(data), end=True)
+            return await stream.recv_message()
+
+    return go

@@ -19,6 +19,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from marveld.domain import errors
+from marveld.grpc import wire
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ def status_for(exc: errors.MarveldError) -> GRPCError:
             return GRPCError(Status.UNAUTHENTICATED, str(exc))
         case errors.PermissionDenied():
             return GRPCError(Status.PERMISSION_DENIED, str(exc))
+        case errors.ResourceExhausted():
+            return wire.rate_limited(str(exc), exc.retry_after)
         case errors.UpstreamRejected() if exc.is_credentials_problem:
             log.error("the Marvel API refused marveld's keys: %s", exc)
             return GRPCError(Status.UNAVAILABLE, "the Marvel API refused marveld's credentials")
@@ -97,7 +100,7 @@ def unary(fn: TrioHandler, request_type: type, reply_type: type) -> grpclib.cons
     """A grpclib unary handler that reads the request, hops into trio once, and replies."""
 
     async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
-        request = await stream.recv_message()
+        request = await wire.receive_request(stream, request_type)
         seconds = MAX_CALL_SECONDS
         if stream.deadline is not None:
             seconds = min(seconds, stream.deadline.time_remaining())
@@ -107,7 +110,8 @@ def unary(fn: TrioHandler, request_type: type, reply_type: type) -> grpclib.cons
         )
         reply, error = await trio_asyncio.trio_as_aio(_call_in_trio)(fn, request, ctx, seconds)
         if error is not None:
-            raise error
+            await wire.refuse(stream, error)  # with a retry-after trailer when there is one
+            return
         await stream.send_message(reply)
 
     return grpclib.const.Handler(

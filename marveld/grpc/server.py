@@ -14,6 +14,7 @@ import grpclib.server
 import trio
 import trio_asyncio
 from google.protobuf.descriptor_pool import Default
+from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.health.service import Health
 from grpclib.reflection._deprecated import ServerReflection as ServerReflectionV1Alpha
 from grpclib.reflection.service import ServerReflection
@@ -84,7 +85,11 @@ class GrpcFace:
         sock = bind_tcp(self._host, self._port)
         port = int(sock.getsockname()[1])
         async with trio_asyncio.open_loop():
-            server = grpclib.server.Server(self._all_services())
+            # Named, not left to grpclib: it drops error details (RetryInfo) when a custom
+            # codec is passed and no details codec is.
+            server = grpclib.server.Server(
+                self._all_services(), status_details_codec=ProtoStatusDetailsCodec()
+            )
             await trio_asyncio.aio_as_trio(server.start)(sock=sock)
             log.info("grpc listening on %s:%d", self._host, port)
             try:
