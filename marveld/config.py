@@ -91,6 +91,18 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class RateLimitSettings:
+    enabled: bool
+    user_rate: int  # requests a second
+    user_burst: int
+    anonymous_rate: int
+    anonymous_burst: int
+    login_failures: int
+    address_login_failures: int
+    login_window: float
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str
     format: str
@@ -117,6 +129,7 @@ class Settings:
     cache: CacheSettings
     poller: PollerSettings
     auth: AuthSettings
+    ratelimit: RateLimitSettings
     log: LogSettings
     secrets: Secrets
 
@@ -168,6 +181,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("poller", "interval", "duration", "24h", "Time between two syncs with the upstream."),
     Setting("auth", "token_ttl", "duration", "1h", "Lifetime of an access token."),
     Setting("auth", "issuer", "str", "marveld", "Issuer (`iss` claim) of access tokens."),
+    Setting("ratelimit", "enabled", "bool", True,
+            "Rate limits and the login throttle; false turns every limiter off (benchmarks)."),
+    Setting("ratelimit", "user_rate", "int", 10,
+            "Requests a second each signed-in user may make on average (character, "
+            "notification and profile calls).", bounds=(1, 1_000_000)),
+    Setting("ratelimit", "user_burst", "int", 40,
+            "Requests a signed-in user may make at once before user_rate applies.",
+            bounds=(1, 1_000_000)),
+    Setting("ratelimit", "anonymous_rate", "int", 1,
+            "Unauthenticated calls (Register, Login) a second from one client address "
+            "(IPv6: one /64).", bounds=(1, 1_000_000)),
+    Setting("ratelimit", "anonymous_burst", "int", 10,
+            "Unauthenticated calls one client address may make at once.", bounds=(1, 1_000_000)),
+    Setting("ratelimit", "login_failures", "int", 5,
+            "Failed logins per account within login_window before RESOURCE_EXHAUSTED; a "
+            "success starts the count over.", bounds=(1, 1_000_000)),
+    Setting("ratelimit", "address_login_failures", "int", 20,
+            "Failed logins per client address within login_window, whatever the accounts.",
+            bounds=(1, 1_000_000)),
+    Setting("ratelimit", "login_window", "duration", "15m",
+            "The window of both login failure counts."),
     Setting("log", "level", "str", "info", "Least severe level that is logged.",
             choices=("debug", "info", "warning", "error")),
     Setting("log", "format", "str", "auto",
@@ -178,7 +212,7 @@ SETTINGS: tuple[Setting, ...] = (
 _SECTIONS: dict[str, Callable[..., Any]] = {
     "grpc": GrpcSettings, "http": HttpSettings, "database": DatabaseSettings,
     "upstream": UpstreamSettings, "cache": CacheSettings, "poller": PollerSettings,
-    "auth": AuthSettings, "log": LogSettings,
+    "auth": AuthSettings, "ratelimit": RateLimitSettings, "log": LogSettings,
 }  # fmt: skip
 
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import trio
 
-from marveld.config import Settings
+from marveld.config import RateLimitSettings, Settings
 from marveld.grpc.handlers import auth_service, character_service, user_service
 from marveld.grpc.server import GrpcFace
 from marveld.metrics import Metrics
 from marveld.services.characters import CharacterService
+from marveld.services.ratelimit import LoginThrottle, RateLimiter, RateLimits
 from marveld.services.security import PasswordHasher, TokenIssuer, utc_now
 from marveld.services.users import UserService
 from marveld.storage import Store
@@ -36,6 +38,7 @@ async def run(
     settings: Settings,
     *,
     clock: Callable[[], datetime] = utc_now,
+    monotonic: Callable[[], float] = time.monotonic,
     hasher: PasswordHasher | None = None,
     task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -61,7 +64,10 @@ async def run(
         tokens = TokenIssuer(
             secrets.jwt_secret, issuer=settings.auth.issuer, ttl_seconds=settings.auth.token_ttl
         )
-        users = UserService(store, hasher or PasswordHasher(), tokens, clock)
+        limits, throttle = _limits(settings.ratelimit, monotonic)
+        users = UserService(
+            store, hasher or PasswordHasher(), tokens, clock, limits=limits, throttle=throttle
+        )
         characters = CharacterService(store, marvel, metrics, clock, ttl_seconds=settings.cache.ttl)
         grpc = GrpcFace(
             [auth_service(users), user_service(users), character_service(users, characters)],
@@ -86,3 +92,24 @@ async def run(
             # issues that build them; until then nothing else runs here.
             log.info("marveld ready: grpc port %d, http port %d", grpc_port, http_port)
             task_status.started(Endpoints(grpc_port=grpc_port, http_port=http_port))
+
+
+def _limits(
+    cfg: RateLimitSettings, clock: Callable[[], float]
+) -> tuple[RateLimits, LoginThrottle | None]:
+    if not cfg.enabled:
+        log.warning("rate limits and the login throttle are off (ratelimit.enabled = false)")
+        return RateLimits(), None
+    window = cfg.login_window
+    return (
+        RateLimits(
+            per_user=RateLimiter(cfg.user_rate, cfg.user_burst, clock),
+            per_address=RateLimiter(cfg.anonymous_rate, cfg.anonymous_burst, clock),
+        ),
+        LoginThrottle(
+            per_account=RateLimiter(cfg.login_failures / window, cfg.login_failures, clock),
+            per_address=RateLimiter(
+                cfg.address_login_failures / window, cfg.address_login_failures, clock
+            ),
+        ),
+    )

@@ -24,6 +24,11 @@ RECORDED_SLICE = FIXTURES / "characters.json"
 PUBLIC_KEY = "test-public-key"
 PRIVATE_KEY = "test-private-key"
 JWT_SECRET = "test-jwt-secret-that-is-at-least-32-bytes-long"
+GENEROUS = 1_000_000
+GENEROUS_LIMITS = (
+    "USER_RATE", "USER_BURST", "ANONYMOUS_RATE", "ANONYMOUS_BURST", "LOGIN_FAILURES",
+    "ADDRESS_LOGIN_FAILURES",
+)  # fmt: skip
 
 
 def daemon_env(tmp_path: Path, upstream_url: str) -> dict[str, str]:
@@ -40,6 +45,8 @@ def daemon_env(tmp_path: Path, upstream_url: str) -> dict[str, str]:
         "MARVELD_UPSTREAM_MAX_ATTEMPTS": "2",
         "MARVELD_UPSTREAM_BACKOFF_INITIAL": "0.01",
         "MARVELD_UPSTREAM_BACKOFF_MAX": "0.02",
+        # Limits no test reaches but the ones about limits, which set their own.
+        **{f"MARVELD_RATELIMIT_{name}": str(GENEROUS) for name in GENEROUS_LIMITS},
     }
 
 
@@ -77,13 +84,17 @@ class Running:
 
 
 class Clock:
-    """A clock tests move by hand; it starts at the real time (tokens check the wall clock)."""
+    """A clock tests move by hand; it starts at the real time (tokens check the wall clock).
+    :meth:`monotonic` is the same clock as monotonic seconds, for the rate limiters."""
 
     def __init__(self) -> None:
-        self.now = datetime.now(UTC)
+        self.now = self._start = datetime.now(UTC)
 
     def __call__(self) -> datetime:
         return self.now
+
+    def monotonic(self) -> float:
+        return (self.now - self._start).total_seconds()
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
@@ -93,8 +104,9 @@ async def start_daemon(
     nursery: trio.Nursery, settings: Settings, clock: Clock | None = None
 ) -> daemon.Endpoints:
     """``daemon.run`` in ``nursery``; returns once it serves, with its real ports."""
+    clock = clock or Clock()
     endpoints: daemon.Endpoints = await nursery.start(
-        partial(daemon.run, settings, hasher=FAST_HASHER, clock=clock or Clock())
+        partial(daemon.run, settings, hasher=FAST_HASHER, clock=clock, monotonic=clock.monotonic)
     )
     return endpoints
 

@@ -69,8 +69,26 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert s.cache.ttl == 3600.0
     assert s.poller.interval == 86400.0
     assert s.auth == config.AuthSettings(token_ttl=3600.0, issuer="marveld")
+    assert s.ratelimit == config.RateLimitSettings(
+        enabled=True,
+        user_rate=10,
+        user_burst=40,
+        anonymous_rate=1,
+        anonymous_burst=10,
+        login_failures=5,
+        address_login_failures=20,
+        login_window=900.0,
+    )
     assert s.log == config.LogSettings(level="info", format="auto")
     assert s.secrets == config.Secrets(PUBLIC, PRIVATE, JWT, None)
+
+
+def test_rate_limits_turn_off_from_the_environment(tmp_path: Path) -> None:
+    assert load(tmp_path, MARVELD_RATELIMIT_ENABLED="false").ratelimit.enabled is False
+    assert load(tmp_path, "[ratelimit]\nenabled = false\n").ratelimit.enabled is False
+    assert "(ratelimit.user_rate): must be from 1 to 1000000, got 0" in error(
+        tmp_path, MARVELD_RATELIMIT_USER_RATE="0"
+    )
 
 
 def test_the_default_path_is_read_when_there(
@@ -276,7 +294,7 @@ def test_choices_and_strings(tmp_path: Path) -> None:
 
 
 def test_bool_type() -> None:
-    # no setting is a bool yet; the type is there for the first one
+    # the text forms the environment may use (ratelimit.enabled is a bool)
     flag = config.Setting("demo", "flag", "bool", False, "A flag.")
     for text, value in [("true", True), ("YES", True), ("1", True), ("false", False),
                         ("no", False), ("0", False)]:  # fmt: skip

@@ -14,6 +14,7 @@ from marveld.storage import Store
 from tests.conftest import FAST_HASHER, JWT_SECRET, Clock
 
 PASSWORD = "a long enough password"
+PEER = "203.0.113.1"
 
 
 def service(store: Store, clock: Clock, hasher: PasswordHasher = FAST_HASHER) -> UserService:
@@ -26,10 +27,12 @@ async def test_passwords_are_stored_as_argon2id_at_owasp_parameters(
 ) -> None:
     async with Store.open(tmp_path / "m.db") as store:
         users = service(store, clock, PasswordHasher())
-        user = await users.register(name="Wanda", email="wanda@example.com", password=PASSWORD)
+        user = await users.register(
+            name="Wanda", email="wanda@example.com", password=PASSWORD, peer=PEER
+        )
         assert user.password_hash.startswith(f"$argon2id$v=19$m={ARGON2_MEMORY_KIB},t=2,p=1$")
         assert PASSWORD not in user.password_hash
-        token = await users.login(email="WANDA@example.com", password=PASSWORD)
+        token = await users.login(email="WANDA@example.com", password=PASSWORD, peer=PEER)
         assert (await users.authenticate(f"Bearer {token.token}")).id == user.id
 
 
@@ -37,9 +40,9 @@ async def test_login_rehashes_when_the_parameters_change(tmp_path: Path, clock: 
     async with Store.open(tmp_path / "m.db") as store:
         old = PasswordHasher(memory_kib=512, time_cost=1)
         user = await service(store, clock, old).register(
-            name="Vision", email="vision@example.com", password=PASSWORD
+            name="Vision", email="vision@example.com", password=PASSWORD, peer=PEER
         )
-        await service(store, clock).login(email="vision@example.com", password=PASSWORD)
+        await service(store, clock).login(email="vision@example.com", password=PASSWORD, peer=PEER)
         stored = await store.users.by_email("vision@example.com")
         assert stored is not None
         assert stored.password_hash != user.password_hash
@@ -49,11 +52,13 @@ async def test_login_rehashes_when_the_parameters_change(tmp_path: Path, clock: 
 async def test_register_refuses_taken_emails_and_bad_fields(tmp_path: Path, clock: Clock) -> None:
     async with Store.open(tmp_path / "m.db") as store:
         users = service(store, clock)
-        await users.register(name="Sam", email="sam@example.com", password=PASSWORD)
+        await users.register(name="Sam", email="sam@example.com", password=PASSWORD, peer=PEER)
         with pytest.raises(AlreadyExists):
-            await users.register(name="Sam 2", email=" SAM@example.com", password=PASSWORD)
+            await users.register(
+                name="Sam 2", email=" SAM@example.com", password=PASSWORD, peer=PEER
+            )
         with pytest.raises(InvalidArgument, match=r"^password:"):
-            await users.register(name="Sam", email="sam2@example.com", password="short")
+            await users.register(name="Sam", email="sam2@example.com", password="short", peer=PEER)
         assert (await store.users.by_email("sam2@example.com")) is None
 
 
@@ -62,14 +67,14 @@ async def test_a_malformed_email_at_login_is_just_a_failed_login(
 ) -> None:
     async with Store.open(tmp_path / "m.db") as store:
         with pytest.raises(Unauthenticated, match="wrong email or password"):
-            await service(store, clock).login(email="not an email", password=PASSWORD)
+            await service(store, clock).login(email="not an email", password=PASSWORD, peer=PEER)
 
 
 async def test_tokens_expire_by_the_clock(tmp_path: Path, clock: Clock) -> None:
     async with Store.open(tmp_path / "m.db") as store:
         users = service(store, clock)
-        await users.register(name="Kate", email="kate@example.com", password=PASSWORD)
-        token = await users.login(email="kate@example.com", password=PASSWORD)
+        await users.register(name="Kate", email="kate@example.com", password=PASSWORD, peer=PEER)
+        token = await users.login(email="kate@example.com", password=PASSWORD, peer=PEER)
         clock.advance(3600 + 60)
         with pytest.raises(Unauthenticated, match="expired"):
             await users.authenticate(f"Bearer {token.token}")
@@ -78,7 +83,9 @@ async def test_tokens_expire_by_the_clock(tmp_path: Path, clock: Clock) -> None:
 async def test_forged_and_foreign_tokens_are_refused(tmp_path: Path, clock: Clock) -> None:
     async with Store.open(tmp_path / "m.db") as store:
         users = service(store, clock)
-        user = await users.register(name="Clint", email="clint@example.com", password=PASSWORD)
+        user = await users.register(
+            name="Clint", email="clint@example.com", password=PASSWORD, peer=PEER
+        )
         now = int(clock().timestamp())
         claims = {
             "sub": user.id,

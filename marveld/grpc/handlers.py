@@ -15,12 +15,12 @@ PACKAGE = "marvel.v1"
 def auth_service(users: UserService) -> Service:
     async def register(request: pb.RegisterRequest, ctx: CallContext) -> pb.UserProfile:
         user = await users.register(
-            name=request.name, email=request.email, password=request.password
+            name=request.name, email=request.email, password=request.password, peer=ctx.peer
         )
         return convert.profile(user)
 
     async def login(request: pb.LoginRequest, ctx: CallContext) -> pb.LoginResponse:
-        token = await users.login(email=request.email, password=request.password)
+        token = await users.login(email=request.email, password=request.password, peer=ctx.peer)
         return convert.login(token)
 
     return Service(

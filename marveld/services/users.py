@@ -1,4 +1,9 @@
-"""Accounts: register, log in, and turn a bearer token back into a user."""
+"""Accounts: register, log in, and turn a bearer token back into a user.
+
+Rate limits are taken here, so every call that authenticates is limited per user, and
+Register and Login per client address (``peer``); Login also goes through the throttle of
+failed logins.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import trio
 
 from marveld.domain.errors import InvalidArgument, Unauthenticated
 from marveld.domain.users import User, check_name, check_password, normalize_email
+from marveld.services.ratelimit import LoginThrottle, RateLimits
 from marveld.services.security import AccessToken, PasswordHasher, TokenIssuer
 from marveld.storage import Store
 
@@ -26,15 +32,22 @@ class UserService:
         hasher: PasswordHasher,
         tokens: TokenIssuer,
         clock: Callable[[], datetime],
+        *,
+        limits: RateLimits | None = None,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         self._store = store
         self._hasher = hasher
         self._tokens = tokens
         self._clock = clock
+        self._limits = limits or RateLimits()
+        self._throttle = throttle
         self._hashing = trio.CapacityLimiter(HASHING_THREADS)
 
-    async def register(self, *, name: str, email: str, password: str) -> User:
-        """A new account; InvalidArgument naming the field, AlreadyExists for a taken email."""
+    async def register(self, *, name: str, email: str, password: str, peer: str) -> User:
+        """A new account; InvalidArgument naming the field, AlreadyExists for a taken email,
+        ResourceExhausted when ``peer`` (the client address) calls too often."""
+        self._limits.check_address(peer)
         clean_name = check_name(name)
         clean_email = normalize_email(email)
         check_password(password)
@@ -47,12 +60,16 @@ class UserService:
         log.info("user %s registered", user.id)
         return user
 
-    async def login(self, *, email: str, password: str) -> AccessToken:
-        """A bearer token; the same Unauthenticated for a wrong email or a wrong password."""
+    async def login(self, *, email: str, password: str, peer: str) -> AccessToken:
+        """A bearer token; the same Unauthenticated for a wrong email or a wrong password
+        (and a soft-deleted account); ResourceExhausted after too many calls or failures."""
+        self._limits.check_address(peer)
         try:
             clean_email = normalize_email(email)
         except InvalidArgument:
             clean_email = ""  # not an address: no account, same answer and same work
+        if self._throttle is not None:
+            self._throttle.begin(clean_email or None, peer)
         user = await self._store.users.by_email(clean_email) if clean_email else None
         stored = user.password_hash if user is not None and user.deleted_at is None else None
         ok = await trio.to_thread.run_sync(
@@ -60,6 +77,8 @@ class UserService:
         )
         if not ok or user is None:
             raise Unauthenticated("wrong email or password")
+        if self._throttle is not None:
+            self._throttle.succeeded(clean_email, peer)
         if self._hasher.needs_rehash(user.password_hash):
             new_hash = await trio.to_thread.run_sync(
                 self._hasher.hash, password, limiter=self._hashing
@@ -68,13 +87,15 @@ class UserService:
         return self._tokens.issue(user.id, self._clock())
 
     async def authenticate(self, authorization: str | None) -> User:
-        """The user behind an ``authorization: Bearer <token>`` value."""
+        """The user behind an ``authorization: Bearer <token>`` value, charged one request
+        against their rate limit (ResourceExhausted when over)."""
         if not authorization:
             raise Unauthenticated("missing authorization metadata: send 'Bearer <access token>'")
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("authorization must be 'Bearer <access token>'")
         user_id = self._tokens.verify(token.strip(), self._clock())
+        self._limits.check_user(user_id)  # before the database: a throttled caller costs little
         user = await self._store.users.by_id(user_id)
         if user is None or user.deleted_at is not None:
             raise Unauthenticated("the account behind this token no longer exists")
