@@ -7,7 +7,8 @@ wrong type stops start-up with one ``ConfigError`` line naming ``section.key`` o
 
 Secrets (``SECRETS``) never come from the file: each is read from its environment variable,
 else from the file named by ``<NAME>_FILE``, else from ``$CREDENTIALS_DIRECTORY/<name>``
-(systemd). No repr and no error message ever shows their values.
+(systemd). A secret marked ``many`` holds a comma-separated list. No repr and no error
+message ever shows their values.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class Secrets:
     marvel_private_key: str
     jwt_secret: str
     webhook_secret: str | None
+    jwt_previous_secrets: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # whether each one is there, never its value
         shown = (f"{f.name}=<{'set' if getattr(self, f.name) else 'unset'}>" for f in fields(self))
@@ -221,7 +223,8 @@ class SecretSpec:
     name: str  # the environment variable; the Secrets field is derived from it
     help: str
     required: bool = True
-    min_bytes: int = 1
+    min_bytes: int = 1  # of each value, when many
+    many: bool = False  # a comma-separated list (commas or new lines in a file)
 
     @property
     def field(self) -> str:  # MARVELD_JWT_SECRET -> jwt_secret
@@ -233,6 +236,11 @@ SECRETS: tuple[SecretSpec, ...] = (
     SecretSpec("MARVEL_PRIVATE_KEY", "Marvel API private key."),
     SecretSpec("MARVELD_JWT_SECRET", "Key that signs access tokens, 32+ bytes.", min_bytes=32),
     SecretSpec("MARVELD_WEBHOOK_SECRET", "HMAC key of the webhook receiver.", required=False),
+    SecretSpec("MARVELD_JWT_PREVIOUS_SECRETS",
+               "Former signing keys, comma-separated, 32+ bytes each: tokens they signed are "
+               "accepted until they expire. Rotate by moving MARVELD_JWT_SECRET here and "
+               "setting a new one; drop it after auth.token_ttl.",
+               required=False, min_bytes=32, many=True),
 )  # fmt: skip
 
 
@@ -414,6 +422,9 @@ def _check_env(env: Mapping[str, str]) -> None:
 def _load_secrets(env: Mapping[str, str], *, demo: bool) -> Secrets:
     values: dict[str, Any] = {}
     for spec in SECRETS:
+        if spec.many:
+            values[spec.field] = _split_secret(spec, _read_secret(spec, env))
+            continue
         value = _read_secret(spec, env) or (token_urlsafe(32) if demo else None)
         if value is None and spec.required:
             raise ConfigError(
@@ -428,6 +439,19 @@ def _load_secrets(env: Mapping[str, str], *, demo: bool) -> Secrets:
             )
         values[spec.field] = value
     return Secrets(**values)
+
+
+def _split_secret(spec: SecretSpec, value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    parts = [part.strip() for part in re.split(r"[,\n]", value)]
+    for number, part in enumerate(parts, 1):
+        if len(part.encode()) < spec.min_bytes:
+            raise ConfigError(
+                f"{spec.name}: value {number} of {len(parts)} must be at least "
+                f"{spec.min_bytes} bytes long (values are separated by commas)"
+            )
+    return tuple(parts)
 
 
 def _read_secret(spec: SecretSpec, env: Mapping[str, str]) -> str | None:

@@ -62,7 +62,15 @@ async def run(
         ) as marvel,
     ):
         tokens = TokenIssuer(
-            secrets.jwt_secret, issuer=settings.auth.issuer, ttl_seconds=settings.auth.token_ttl
+            secrets.jwt_secret,
+            issuer=settings.auth.issuer,
+            ttl_seconds=settings.auth.token_ttl,
+            previous_secrets=secrets.jwt_previous_secrets,
+        )
+        log.info(
+            "access tokens signed with key %s; keys accepted: %s",
+            tokens.signing_key_id,
+            ", ".join(tokens.verifying_key_ids),
         )
         limits, throttle = _limits(settings.ratelimit, monotonic)
         users = UserService(

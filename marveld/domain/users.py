@@ -12,6 +12,7 @@ MIN_PASSWORD = 10
 MAX_PASSWORD = 256
 MAX_NAME = 100
 MAX_EMAIL = 254
+ROLES = ("user", "admin")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -56,3 +57,9 @@ def check_password(password: str) -> str:
     if "\x00" in password:
         raise InvalidArgument("password", "must not contain NUL")
     return password
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise InvalidArgument("role", f"must be one of {', '.join(ROLES)}")
+    return role

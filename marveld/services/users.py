@@ -13,7 +13,7 @@ from datetime import datetime
 
 import trio
 
-from marveld.domain.errors import InvalidArgument, Unauthenticated
+from marveld.domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from marveld.domain.users import User, check_name, check_password, normalize_email
 from marveld.services.ratelimit import LoginThrottle, RateLimits
 from marveld.services.security import AccessToken, PasswordHasher, TokenIssuer
@@ -99,4 +99,12 @@ class UserService:
         user = await self._store.users.by_id(user_id)
         if user is None or user.deleted_at is not None:
             raise Unauthenticated("the account behind this token no longer exists")
+        return user
+
+    @staticmethod
+    def require_admin(user: User) -> User:
+        """``user`` when an admin; PermissionDenied otherwise. Admin RPCs call it after
+        :meth:`authenticate`, which reads the role afresh from the database on every call."""
+        if user.role != "admin":
+            raise PermissionDenied("this call needs an admin account")
         return user
