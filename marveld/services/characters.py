@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from marveld.domain.characters import Character, CharacterPage
-from marveld.domain.errors import InvalidArgument, UpstreamError
-from marveld.domain.queries import CharacterQuery
+from marveld.domain.errors import UpstreamError
+from marveld.domain.queries import CharacterQuery, check_character_id
 from marveld.metrics import Metrics
 from marveld.storage import Store
 from marveld.upstream import MarvelClient
@@ -63,8 +63,7 @@ class CharacterService:
 
     async def get(self, marvel_id: int) -> Character:
         """One character by Marvel's id; NotFound when the upstream has none."""
-        if marvel_id <= 0:
-            raise InvalidArgument("id", "must be a positive Marvel character id")
+        check_character_id(marvel_id)
 
         async def fetch(etag: str | None) -> CharacterPage | None:
             character = await self._upstream.get_character(marvel_id)

@@ -8,13 +8,14 @@ failed logins.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 
 import trio
 
 from marveld.domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from marveld.domain.users import User, check_name, check_password, normalize_email
+from marveld.services.passwords import load_common_passwords
 from marveld.services.ratelimit import LoginThrottle, RateLimits
 from marveld.services.security import AccessToken, PasswordHasher, TokenIssuer
 from marveld.storage import Store
@@ -35,13 +36,16 @@ class UserService:
         *,
         limits: RateLimits | None = None,
         throttle: LoginThrottle | None = None,
+        common_passwords: Collection[str] | None = None,
     ) -> None:
+        """``common_passwords`` are refused at registration; None: the shipped list."""
         self._store = store
         self._hasher = hasher
         self._tokens = tokens
         self._clock = clock
         self._limits = limits or RateLimits()
         self._throttle = throttle
+        self._common = load_common_passwords() if common_passwords is None else common_passwords
         self._hashing = trio.CapacityLimiter(HASHING_THREADS)
 
     async def register(self, *, name: str, email: str, password: str, peer: str) -> User:
@@ -50,7 +54,7 @@ class UserService:
         self._limits.check_address(peer)
         clean_name = check_name(name)
         clean_email = normalize_email(email)
-        check_password(password)
+        check_password(password, self._common)
         password_hash = await trio.to_thread.run_sync(
             self._hasher.hash, password, limiter=self._hashing
         )
