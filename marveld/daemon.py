@@ -43,6 +43,9 @@ async def run(
     task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run marveld until cancelled. Readiness reports the bound ports."""
+    # hpack (under h2, under grpclib and hypercorn) logs every header it encodes or decodes
+    # at DEBUG, bearer tokens included: never below INFO, whatever log.level says.
+    logging.getLogger("hpack").setLevel(max(logging.INFO, logging.getLogger("hpack").level))
     metrics = Metrics()
     secrets = settings.secrets
     up = settings.upstream
