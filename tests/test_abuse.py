@@ -4,13 +4,16 @@ fixture, never a sleep) lets callers back in."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from google.rpc.error_details_pb2 import RetryInfo
+from grpclib.client import Channel
 from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from marveld.proto.marvel import v1 as pb
 from marveld.sim import SimHandle
@@ -177,3 +180,22 @@ async def test_limits_can_be_turned_off(
             assert (await status_of(m, login("peter@example.com", WRONG))).status is (
                 Status.UNAUTHENTICATED
             )
+
+
+async def test_concurrent_guesses_cannot_slip_past_the_throttle(tight: Running) -> None:
+    await tight.client.call(register("target@example.com"))
+
+    async def guesses(channel: Channel) -> list[Status]:
+        stub = pb.AuthServiceStub(channel)
+        request = pb.LoginRequest(email="target@example.com", password=WRONG)
+        answers = await asyncio.gather(
+            *(stub.login(request, timeout=10) for _ in range(12)), return_exceptions=True
+        )
+        assert all(isinstance(answer, GRPCError) for answer in answers)
+        return [answer.status for answer in answers if isinstance(answer, GRPCError)]
+
+    statuses = await tight.client.call(guesses)
+    # Each attempt counts before its password check, so however the 12 interleave, only
+    # 3 reach it (counting failures afterwards would let all 12 through).
+    assert statuses.count(Status.UNAUTHENTICATED) == 3
+    assert statuses.count(Status.RESOURCE_EXHAUSTED) == 9
