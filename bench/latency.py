@@ -66,6 +66,7 @@ def live_daemon() -> Iterator[int]:
             "MARVELD_DATABASE_PATH": str(Path(tmp) / "bench.db"),
             "MARVELD_UPSTREAM_URL": f"http://127.0.0.1:{sim_port}/v1/public",
             "MARVELD_LOG_LEVEL": "warning",
+            "MARVELD_RATELIMIT_ENABLED": "false",  # measure the daemon, not the limiter
         }
         config = Path(tmp) / "marveld.toml"
         config.touch()
