@@ -1,7 +1,8 @@
 """The ``marveld`` command: argument parsing, logging set-up, ``trio.run``.
 
-``marveld serve`` runs the daemon, ``marveld sim`` the Marvel-compatible simulator. In an
-IDE, run the module ``marveld`` with the arguments ``serve --demo``.
+``marveld serve`` runs the daemon, ``marveld sim`` the Marvel-compatible simulator,
+``marveld users grant-admin EMAIL`` makes an account an admin. In an IDE, run the module
+``marveld`` with the arguments ``serve --demo``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
 
 from marveld import __version__, daemon
 from marveld.config import ConfigError, Settings, load_settings
+from marveld.domain.errors import InvalidArgument, NotFound
+from marveld.domain.users import User, normalize_email
 from marveld.sim import SimOptions, add_sim_arguments, options_from_args, run_sim
+from marveld.storage import StorageError, Store
 
 log = logging.getLogger("marveld")
 
@@ -40,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim = commands.add_parser("sim", help="run the Marvel-compatible upstream simulator")
     add_sim_arguments(sim)
+    users = commands.add_parser("users", help="manage accounts")
+    user_commands = users.add_subparsers(dest="users_command", required=True)
+    grant = user_commands.add_parser("grant-admin", help="make the account with EMAIL an admin")
+    grant.add_argument("email", metavar="EMAIL")
+    grant.add_argument(
+        "--config", type=Path, default=None, help="settings file (default ./marveld.toml)"
+    )
     return parser
 
 
@@ -54,6 +66,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             sys.exit(2)
         _setup_logging("info")
         sys.exit(_run_until_signal(lambda: run_sim(sim_options)))
+    if args.command == "users":
+        sys.exit(grant_admin(args.email, args.config, environ))
     try:
         settings = load_settings(args.config, environ, demo=args.demo)
     except ConfigError as exc:
@@ -85,6 +99,40 @@ async def serve(
             log.info("demo: the simulator at %s stands in for the Marvel API", handle.url)
         endpoints = await nursery.start(daemon.run, settings)
         task_status.started(endpoints)
+
+
+def grant_admin(email: str, config: Path | None, env: Mapping[str, str]) -> int:
+    """``marveld users grant-admin``: one line out, exit status 0, or one line on stderr and 2."""
+
+    def fail(message: str) -> int:
+        print(f"marveld users grant-admin: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        # demo=True gives any missing secret a throwaway value: this command reads none.
+        settings = load_settings(config, env, demo=True)
+        clean = normalize_email(email)
+    except ConfigError as exc:
+        return fail(f"configuration error: {exc}")
+    except InvalidArgument:
+        return fail(f"{email!r} is not an email address")
+    path = settings.database.path
+    if not path.exists():
+        return fail(f"no database at {path} (database.path)")
+    _setup_logging("warning")
+
+    async def set_role() -> User:
+        async with Store.open(path) as store:
+            return await store.users.set_role(clean, "admin", datetime.now(UTC))
+
+    try:
+        user = trio.run(set_role)
+    except NotFound:
+        return fail(f"no user with email {clean} in {path}")
+    except StorageError as exc:
+        return fail(str(exc))
+    print(f"{user.email} is now an admin")
+    return 0
 
 
 def _run_until_signal(start: Callable[[], Awaitable[None]]) -> int:

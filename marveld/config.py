@@ -7,7 +7,8 @@ wrong type stops start-up with one ``ConfigError`` line naming ``section.key`` o
 
 Secrets (``SECRETS``) never come from the file: each is read from its environment variable,
 else from the file named by ``<NAME>_FILE``, else from ``$CREDENTIALS_DIRECTORY/<name>``
-(systemd). No repr and no error message ever shows their values.
+(systemd). A secret marked ``many`` holds a comma-separated list. No repr and no error
+message ever shows their values.
 """
 
 from __future__ import annotations
@@ -106,6 +107,18 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class RateLimitSettings:
+    enabled: bool
+    user_rate: int  # requests a second
+    user_burst: int
+    anonymous_rate: int
+    anonymous_burst: int
+    login_failures: int
+    address_login_failures: int
+    login_window: float
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str
     format: str
@@ -117,6 +130,7 @@ class Secrets:
     marvel_private_key: str
     jwt_secret: str
     webhook_secret: str | None
+    jwt_previous_secrets: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # whether each one is there, never its value
         shown = (f"{f.name}=<{'set' if getattr(self, f.name) else 'unset'}>" for f in fields(self))
@@ -132,6 +146,7 @@ class Settings:
     cache: CacheSettings
     poller: PollerSettings
     auth: AuthSettings
+    ratelimit: RateLimitSettings
     log: LogSettings
     secrets: Secrets
 
@@ -205,6 +220,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("poller", "interval", "duration", "24h", "Time between two syncs with the upstream."),
     Setting("auth", "token_ttl", "duration", "1h", "Lifetime of an access token."),
     Setting("auth", "issuer", "str", "marveld", "Issuer (`iss` claim) of access tokens."),
+    Setting("ratelimit", "enabled", "bool", True,
+            "Rate limits and the login throttle; false turns every limiter off (benchmarks)."),
+    Setting("ratelimit", "user_rate", "int", 10,
+            "Requests a second each signed-in user may make on average (character, "
+            "notification and profile calls).", bounds=(1, 1_000_000)),
+    Setting("ratelimit", "user_burst", "int", 40,
+            "Requests a signed-in user may make at once before user_rate applies.",
+            bounds=(1, 1_000_000)),
+    Setting("ratelimit", "anonymous_rate", "int", 1,
+            "Unauthenticated calls (Register, Login) a second from one client address "
+            "(IPv6: one /64).", bounds=(1, 1_000_000)),
+    Setting("ratelimit", "anonymous_burst", "int", 10,
+            "Unauthenticated calls one client address may make at once.", bounds=(1, 1_000_000)),
+    Setting("ratelimit", "login_failures", "int", 5,
+            "Failed logins per account within login_window before RESOURCE_EXHAUSTED; a "
+            "success starts the count over.", bounds=(1, 1_000_000)),
+    Setting("ratelimit", "address_login_failures", "int", 20,
+            "Failed logins per client address within login_window, whatever the accounts.",
+            bounds=(1, 1_000_000)),
+    Setting("ratelimit", "login_window", "duration", "15m",
+            "The window of both login failure counts."),
     Setting("log", "level", "str", "info", "Least severe level that is logged.",
             choices=("debug", "info", "warning", "error")),
     Setting("log", "format", "str", "auto",
@@ -215,7 +251,7 @@ SETTINGS: tuple[Setting, ...] = (
 _SECTIONS: dict[str, Callable[..., Any]] = {
     "grpc": GrpcSettings, "http": HttpSettings, "database": DatabaseSettings,
     "upstream": UpstreamSettings, "cache": CacheSettings, "poller": PollerSettings,
-    "auth": AuthSettings, "log": LogSettings,
+    "auth": AuthSettings, "ratelimit": RateLimitSettings, "log": LogSettings,
 }  # fmt: skip
 
 
@@ -224,7 +260,8 @@ class SecretSpec:
     name: str  # the environment variable; the Secrets field is derived from it
     help: str
     required: bool = True
-    min_bytes: int = 1
+    min_bytes: int = 1  # of each value, when many
+    many: bool = False  # a comma-separated list (commas or new lines in a file)
 
     @property
     def field(self) -> str:  # MARVELD_JWT_SECRET -> jwt_secret
@@ -236,6 +273,11 @@ SECRETS: tuple[SecretSpec, ...] = (
     SecretSpec("MARVEL_PRIVATE_KEY", "Marvel API private key."),
     SecretSpec("MARVELD_JWT_SECRET", "Key that signs access tokens, 32+ bytes.", min_bytes=32),
     SecretSpec("MARVELD_WEBHOOK_SECRET", "HMAC key of the webhook receiver.", required=False),
+    SecretSpec("MARVELD_JWT_PREVIOUS_SECRETS",
+               "Former signing keys, comma-separated, 32+ bytes each: tokens they signed are "
+               "accepted until they expire. Rotate by moving MARVELD_JWT_SECRET here and "
+               "setting a new one; drop it after auth.token_ttl.",
+               required=False, min_bytes=32, many=True),
 )  # fmt: skip
 
 
@@ -417,6 +459,9 @@ def _check_env(env: Mapping[str, str]) -> None:
 def _load_secrets(env: Mapping[str, str], *, demo: bool) -> Secrets:
     values: dict[str, Any] = {}
     for spec in SECRETS:
+        if spec.many:
+            values[spec.field] = _split_secret(spec, _read_secret(spec, env))
+            continue
         value = _read_secret(spec, env) or (token_urlsafe(32) if demo else None)
         if value is None and spec.required:
             raise ConfigError(
@@ -431,6 +476,19 @@ def _load_secrets(env: Mapping[str, str], *, demo: bool) -> Secrets:
             )
         values[spec.field] = value
     return Secrets(**values)
+
+
+def _split_secret(spec: SecretSpec, value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    parts = [part.strip() for part in re.split(r"[,\n]", value)]
+    for number, part in enumerate(parts, 1):
+        if len(part.encode()) < spec.min_bytes:
+            raise ConfigError(
+                f"{spec.name}: value {number} of {len(parts)} must be at least "
+                f"{spec.min_bytes} bytes long (values are separated by commas)"
+            )
+    return tuple(parts)
 
 
 def _read_secret(spec: SecretSpec, env: Mapping[str, str]) -> str | None:

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import trio
 
-from marveld.config import Settings
+from marveld.config import RateLimitSettings, Settings
 from marveld.domain.cache_policy import CachePolicy
 from marveld.grpc import convert
 from marveld.grpc.handlers import admin_service, auth_service, character_service, user_service
@@ -19,6 +19,7 @@ from marveld.metrics import Metrics
 from marveld.services.characters import CharacterService
 from marveld.services.guard import CallBudget, CircuitBreaker
 from marveld.services.memory_tier import MemoryTier
+from marveld.services.ratelimit import LoginThrottle, RateLimiter, RateLimits
 from marveld.services.security import PasswordHasher, TokenIssuer, utc_now
 from marveld.services.users import UserService
 from marveld.storage import Store
@@ -48,6 +49,9 @@ async def run(
     task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run marveld until cancelled. Readiness reports the bound ports."""
+    # hpack (under h2, under grpclib and hypercorn) logs every header it encodes or decodes
+    # at DEBUG, bearer tokens included: never below INFO, whatever log.level says.
+    logging.getLogger("hpack").setLevel(max(logging.INFO, logging.getLogger("hpack").level))
     metrics = Metrics()
     secrets, up, cache = settings.secrets, settings.upstream, settings.cache
     budget = CallBudget(
@@ -85,9 +89,20 @@ async def run(
         ) as marvel,
     ):
         tokens = TokenIssuer(
-            secrets.jwt_secret, issuer=settings.auth.issuer, ttl_seconds=settings.auth.token_ttl
+            secrets.jwt_secret,
+            issuer=settings.auth.issuer,
+            ttl_seconds=settings.auth.token_ttl,
+            previous_secrets=secrets.jwt_previous_secrets,
         )
-        users = UserService(store, hasher or PasswordHasher(), tokens, clock)
+        log.info(
+            "access tokens signed with key %s; keys accepted: %s",
+            tokens.signing_key_id,
+            ", ".join(tokens.verifying_key_ids),
+        )
+        limits, throttle = _limits(settings.ratelimit, monotonic)
+        users = UserService(
+            store, hasher or PasswordHasher(), tokens, clock, limits=limits, throttle=throttle
+        )
         memory = MemoryTier(
             max_entries=cache.memory_entries,
             max_bytes=cache.memory_megabytes * MIB,
@@ -135,3 +150,24 @@ async def run(
             # issues that build them.
             log.info("marveld ready: grpc port %d, http port %d", grpc_port, http_port)
             task_status.started(Endpoints(grpc_port=grpc_port, http_port=http_port))
+
+
+def _limits(
+    cfg: RateLimitSettings, clock: Callable[[], float]
+) -> tuple[RateLimits, LoginThrottle | None]:
+    if not cfg.enabled:
+        log.warning("rate limits and the login throttle are off (ratelimit.enabled = false)")
+        return RateLimits(), None
+    window = cfg.login_window
+    return (
+        RateLimits(
+            per_user=RateLimiter(cfg.user_rate, cfg.user_burst, clock),
+            per_address=RateLimiter(cfg.anonymous_rate, cfg.anonymous_burst, clock),
+        ),
+        LoginThrottle(
+            per_account=RateLimiter(cfg.login_failures / window, cfg.login_failures, clock),
+            per_address=RateLimiter(
+                cfg.address_login_failures / window, cfg.address_login_failures, clock
+            ),
+        ),
+    )

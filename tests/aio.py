@@ -50,6 +50,14 @@ class AioClient:
         future = asyncio.run_coroutine_threadsafe(bounded(), self._loop)
         return await trio.to_thread.run_sync(future.result, CALL_TIMEOUT + 1)
 
+    def call_blocking(self, fn: Callable[[Channel], Awaitable[T]]) -> T:
+        """``await fn(channel)`` on the client loop, from a plain thread (not trio's)."""
+
+        async def bounded() -> T:
+            return await asyncio.wait_for(fn(self.channel), CALL_TIMEOUT)
+
+        return asyncio.run_coroutine_threadsafe(bounded(), self._loop).result(CALL_TIMEOUT + 1)
+
     def close(self) -> None:
         self.run_sync(self.channel.close)
         self._loop.call_soon_threadsafe(self._loop.stop)

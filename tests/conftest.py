@@ -26,6 +26,11 @@ RECORDED_SLICE = FIXTURES / "characters.json"
 PUBLIC_KEY = "test-public-key"
 PRIVATE_KEY = "test-private-key"
 JWT_SECRET = "test-jwt-secret-that-is-at-least-32-bytes-long"
+GENEROUS = 1_000_000
+GENEROUS_LIMITS = (
+    "USER_RATE", "USER_BURST", "ANONYMOUS_RATE", "ANONYMOUS_BURST", "LOGIN_FAILURES",
+    "ADDRESS_LOGIN_FAILURES",
+)  # fmt: skip
 
 
 def daemon_env(tmp_path: Path, upstream_url: str) -> dict[str, str]:
@@ -42,6 +47,8 @@ def daemon_env(tmp_path: Path, upstream_url: str) -> dict[str, str]:
         "MARVELD_UPSTREAM_MAX_ATTEMPTS": "2",
         "MARVELD_UPSTREAM_BACKOFF_INITIAL": "0.01",
         "MARVELD_UPSTREAM_BACKOFF_MAX": "0.02",
+        # Limits no test reaches but the ones about limits, which set their own.
+        **{f"MARVELD_RATELIMIT_{name}": str(GENEROUS) for name in GENEROUS_LIMITS},
     }
 
 
@@ -83,7 +90,8 @@ class Running:
 
 
 class Clock:
-    """A clock tests move by hand; it starts at the real time (tokens check the wall clock)."""
+    """A clock tests move by hand; it starts at the real time (tokens check the wall clock).
+    :meth:`monotonic` is the same clock as monotonic seconds, for the rate limiters."""
 
     def __init__(self) -> None:
         self.now = self._start = datetime.now(UTC)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -17,10 +21,24 @@ from grpclib.client import Channel
 
 from marveld import cli
 from marveld.proto.marvel import v1 as pb
+from marveld.storage import Store
 from tests.aio import grpc_client
 from tests.conftest import daemon_env, make_settings
 
 READY = re.compile(r"marveld ready: grpc port (\d+), http port (\d+)")
+
+
+@pytest.fixture(autouse=True)
+def cli_logging_undone() -> Iterator[None]:
+    """cli.main sets up logging on the root logger, writing to this test's captured stderr:
+    take its handlers away after the test, so later logs do not go to a closed stream."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in before:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 def run_main(argv: list[str], env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -120,3 +138,94 @@ async def test_sigterm_stops_the_daemon_with_status_0(tmp_path: Path) -> None:
     assert code == 0
     assert "SIGTERM received, shutting down" in rest
     assert "Traceback" not in rest
+
+
+def registered(tmp_path: Path, email: str) -> dict[str, str]:
+    """A database holding one user; the environment of a command that uses it."""
+    env = daemon_env(tmp_path, "http://127.0.0.1:9/v1/public")
+
+    async def create() -> None:
+        async with Store.open(Path(env["MARVELD_DATABASE_PATH"])) as store:
+            await store.users.create(
+                name="Someone", email=email, password_hash="$argon2id$x", now=datetime.now(UTC)
+            )
+
+    trio.run(create)
+    return env
+
+
+def role_of(env: dict[str, str], email: str) -> str:
+    async def read() -> str:
+        async with Store.open(Path(env["MARVELD_DATABASE_PATH"])) as store:
+            user = await store.users.by_email(email)
+            assert user is not None
+            return user.role
+
+    return trio.run(read)
+
+
+def test_grant_admin_makes_an_admin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env = registered(tmp_path, "fury@example.com")
+    config = tmp_path / "marveld.toml"
+    config.touch()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["users", "grant-admin", " Fury@Example.com", "--config", str(config)], env)
+    assert info.value.code == 0
+    out = capsys.readouterr()
+    assert out.out == "fury@example.com is now an admin\n"
+    assert out.err == ""
+    assert role_of(env, "fury@example.com") == "admin"
+
+
+def test_grant_admin_needs_no_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env = registered(tmp_path, "hill@example.com")
+    for name in ("MARVEL_PUBLIC_KEY", "MARVEL_PRIVATE_KEY", "MARVELD_JWT_SECRET"):
+        del env[name]
+    config = tmp_path / "marveld.toml"
+    config.touch()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["users", "grant-admin", "hill@example.com", "--config", str(config)], env)
+    assert info.value.code == 0
+    assert role_of(env, "hill@example.com") == "admin"
+
+
+@pytest.mark.parametrize(
+    ("email", "expected"),
+    [
+        ("nobody@example.com", "no user with email nobody@example.com in "),
+        ("not an email", "'not an email' is not an email address"),
+    ],
+)
+def test_grant_admin_refuses_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], email: str, expected: str
+) -> None:
+    env = registered(tmp_path, "coulson@example.com")
+    config = tmp_path / "marveld.toml"
+    config.touch()
+    err = run_main(["users", "grant-admin", email, "--config", str(config)], env, capsys)
+    assert err.startswith(f"marveld users grant-admin: {expected}")
+    assert err.count("\n") == 1
+    assert role_of(env, "coulson@example.com") == "user"
+
+
+def test_grant_admin_without_a_database_or_with_bad_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = daemon_env(tmp_path, "http://127.0.0.1:9/v1/public")
+    config = tmp_path / "marveld.toml"
+    config.touch()
+    err = run_main(["users", "grant-admin", "a@example.com", "--config", str(config)], env, capsys)
+    assert (
+        err
+        == f"marveld users grant-admin: no database at {tmp_path / 'marveld.db'} (database.path)\n"
+    )
+    assert not (tmp_path / "marveld.db").exists()
+    with sqlite3.connect(tmp_path / "marveld.db") as newer:  # written by a later marveld
+        newer.execute("PRAGMA user_version = 999")
+    err = run_main(["users", "grant-admin", "a@example.com", "--config", str(config)], env, capsys)
+    assert "schema version 999, newer than" in err
+    assert err.count("\n") == 1
+    config.write_text("[database]\npth = 'x'\n")
+    err = run_main(["users", "grant-admin", "a@example.com", "--config", str(config)], env, capsys)
+    assert err.startswith("marveld users grant-admin: configuration error: ")
+    assert err.count("\n") == 1

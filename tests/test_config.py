@@ -81,8 +81,26 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     )
     assert s.poller.interval == 86400.0
     assert s.auth == config.AuthSettings(token_ttl=3600.0, issuer="marveld")
+    assert s.ratelimit == config.RateLimitSettings(
+        enabled=True,
+        user_rate=10,
+        user_burst=40,
+        anonymous_rate=1,
+        anonymous_burst=10,
+        login_failures=5,
+        address_login_failures=20,
+        login_window=900.0,
+    )
     assert s.log == config.LogSettings(level="info", format="auto")
     assert s.secrets == config.Secrets(PUBLIC, PRIVATE, JWT, None)
+
+
+def test_rate_limits_turn_off_from_the_environment(tmp_path: Path) -> None:
+    assert load(tmp_path, MARVELD_RATELIMIT_ENABLED="false").ratelimit.enabled is False
+    assert load(tmp_path, "[ratelimit]\nenabled = false\n").ratelimit.enabled is False
+    assert "(ratelimit.user_rate): must be from 1 to 1000000, got 0" in error(
+        tmp_path, MARVELD_RATELIMIT_USER_RATE="0"
+    )
 
 
 def test_the_default_path_is_read_when_there(
@@ -288,7 +306,7 @@ def test_choices_and_strings(tmp_path: Path) -> None:
 
 
 def test_bool_type() -> None:
-    # no setting is a bool yet; the type is there for the first one
+    # the text forms the environment may use (ratelimit.enabled is a bool)
     flag = config.Setting("demo", "flag", "bool", False, "A flag.")
     for text, value in [("true", True), ("YES", True), ("1", True), ("false", False),
                         ("no", False), ("0", False)]:  # fmt: skip
@@ -468,9 +486,48 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         assert not any(value in text for value in ALL_SECRET_VALUES)
     assert repr(s.secrets) == (
         "Secrets(marvel_public_key=<set>, marvel_private_key=<set>, jwt_secret=<set>,"
-        " webhook_secret=<set>)"
+        " webhook_secret=<set>, jwt_previous_secrets=<unset>)"
     )
-    assert repr(load(tmp_path).secrets).endswith("webhook_secret=<unset>)")
+    assert repr(load(tmp_path).secrets).endswith(
+        "webhook_secret=<unset>, jwt_previous_secrets=<unset>)"
+    )
+    rotated = load(tmp_path, MARVELD_JWT_PREVIOUS_SECRETS=OLD_JWT)
+    assert OLD_JWT not in repr(rotated)
+    assert repr(rotated.secrets).endswith("jwt_previous_secrets=<set>)")
+
+
+OLD_JWT = "old-jwt-" + "0ld" * 10
+OLDER_JWT = "older-jwt-" + "01d" * 10
+
+
+def test_previous_jwt_secrets_from_every_source(tmp_path: Path) -> None:
+    both = f"{OLD_JWT}, {OLDER_JWT}"
+    assert load(tmp_path, MARVELD_JWT_PREVIOUS_SECRETS=both).secrets.jwt_previous_secrets == (
+        OLD_JWT,
+        OLDER_JWT,
+    )
+    (tmp_path / "previous").write_text(f"{OLD_JWT}\n{OLDER_JWT}\n")  # one a line works too
+    from_file = load(tmp_path, MARVELD_JWT_PREVIOUS_SECRETS_FILE=str(tmp_path / "previous"))
+    assert from_file.secrets.jwt_previous_secrets == (OLD_JWT, OLDER_JWT)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "marveld_jwt_previous_secrets").write_text(OLD_JWT)
+    from_systemd = load(tmp_path, CREDENTIALS_DIRECTORY=str(credentials))
+    assert from_systemd.secrets.jwt_previous_secrets == (OLD_JWT,)
+    assert load(tmp_path).secrets.jwt_previous_secrets == ()
+    path = tmp_path / "marveld.toml"
+    assert load_settings(path, {}, demo=True).secrets.jwt_previous_secrets == ()
+
+
+def test_each_previous_jwt_secret_must_be_long_enough(tmp_path: Path) -> None:
+    short = "short-but-secret"
+    message = error(tmp_path, MARVELD_JWT_PREVIOUS_SECRETS=f"{OLD_JWT},{short}")
+    assert message == (
+        "MARVELD_JWT_PREVIOUS_SECRETS: value 2 of 2 must be at least 32 bytes long"
+        " (values are separated by commas)"
+    )
+    assert short not in message
+    assert "value 2 of 2" in error(tmp_path, MARVELD_JWT_PREVIOUS_SECRETS=f"{OLD_JWT},")
 
 
 # --- the table, the dataclasses and the generated docs agree -----------------------------------

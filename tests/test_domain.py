@@ -9,8 +9,14 @@ import pytest
 
 from marveld.domain.characters import Character, CharacterPage, parse_marvel_time
 from marveld.domain.errors import InvalidArgument, UpstreamError
-from marveld.domain.queries import CharacterQuery, search_query
+from marveld.domain.queries import (
+    MAX_CHARACTER_ID,
+    CharacterQuery,
+    check_character_id,
+    search_query,
+)
 from marveld.domain.users import check_name, check_password, normalize_email
+from marveld.services.passwords import load_common_passwords
 
 
 def test_equivalent_queries_share_one_cache_key() -> None:
@@ -173,3 +179,67 @@ def test_user_input_checks_name_the_field() -> None:
         with pytest.raises(InvalidArgument) as info:
             call()
         assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("Pe\u202eter", "must not contain bidirectional override characters"),  # RLO
+        ("Pe\u2067ter", "must not contain bidirectional override characters"),  # RLI
+        ("Pe\x85ter", "must not contain control characters"),  # C1 (NEL)
+        ("\u200b\u200b", "must contain a visible character"),  # zero-width spaces only
+        ("\u0301\u0308", "must contain a visible character"),  # combining marks only
+    ],
+)
+def test_names_that_would_display_as_something_else_are_refused(name: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"^name: {message}$"):
+        check_name(name)
+
+
+def test_names_in_any_script_are_kept_normalized() -> None:
+    assert check_name("Jose\u0301") == "Jos\u00e9"  # NFC: one character, as typed elsewhere
+    assert check_name("\u0645\u0631\u064a\u0645") == "\u0645\u0631\u064a\u0645"  # Arabic
+    assert check_name("\u0928\u093f\u0915\u094d\u200d\u0937")  # Devanagari with a ZWJ
+    assert check_name("' OR 1=1; --") == "' OR 1=1; --"  # SQL is just text (queries bind it)
+
+
+def test_emails_are_normalized_and_hidden_characters_refused() -> None:
+    assert normalize_email("Jose\u0301@Example.com") == "jos\u00e9@example.com"
+    for hostile in ("a\u200b@example.com", "a@exa\u202emple.com", "a\x00@example.com",
+                    "a\ue000@example.com"):  # fmt: skip
+        with pytest.raises(InvalidArgument, match=r"^email: is not an email address$"):
+            normalize_email(hostile)
+
+
+def test_the_most_common_passwords_are_refused() -> None:
+    common = load_common_passwords()
+    assert len(common) > 19_000
+    assert all(p == p.lower() for p in common)
+    for password in ("password12", "PASSWORD12", "  1234567890 ", "qwertyuiop", "#1pimp    "):
+        with pytest.raises(InvalidArgument, match=r"^password: is one of the most common"):
+            check_password(password, common)
+    assert check_password("correct horse battery", common) == "correct horse battery"
+    assert check_password("password12") == "password12"  # no list, no refusal
+
+
+@pytest.mark.parametrize(
+    ("since", "message"),
+    [
+        ("1899-12-31", "must be 1900-01-01 or later"),
+        ("0001-01-01T00:00:00+01:00", "is out of range"),
+        ("9999-12-31T23:00:00-14:00", "is out of range"),
+    ],
+)
+def test_modified_since_bounds(since: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"^modified_since: {message}$"):
+        CharacterQuery.parse(modified_since=since)
+
+
+def test_character_ids_and_control_characters_in_queries() -> None:
+    assert check_character_id(1) == 1
+    assert check_character_id(MAX_CHARACTER_ID) == MAX_CHARACTER_ID
+    for bad in (0, -1, MAX_CHARACTER_ID + 1, 2**63 - 1):
+        with pytest.raises(InvalidArgument, match=r"^id: must be a Marvel character id"):
+            check_character_id(bad)
+    with pytest.raises(InvalidArgument, match=r"^name: must not contain control characters$"):
+        CharacterQuery.parse(name="Spider\x9bMan")  # C1 (CSI)

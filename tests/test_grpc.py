@@ -68,6 +68,8 @@ async def test_duplicate_email_is_already_exists(marveld: Running) -> None:
         (pb.RegisterRequest(name="", email="a@example.com", password=PASSWORD), "name"),
         (pb.RegisterRequest(name="A", email="not-an-email", password=PASSWORD), "email"),
         (pb.RegisterRequest(name="A", email="a@example.com", password="short"), "password"),
+        (pb.RegisterRequest(name="A", email="a@example.com", password="Password123"), "password"),
+        (pb.RegisterRequest(name="\u202eA", email="a@example.com", password=PASSWORD), "name"),
     ],
 )
 async def test_register_names_the_bad_field(
@@ -174,6 +176,9 @@ async def test_search_finds_by_name_prefix(marveld: Running) -> None:
         (pb.ListCharactersRequest(modified_since="yesterday"), "modified_since"),
         (pb.ListCharactersRequest(name="   "), "name"),
         (pb.ListCharactersRequest(name_starts_with="x" * 300), "name_starts_with"),
+        (pb.ListCharactersRequest(name="x" * 100_000), "name"),
+        (pb.ListCharactersRequest(name="Spider\x00Man"), "name"),
+        (pb.ListCharactersRequest(modified_since="0001-01-01T00:00:00+01:00"), "modified_since"),
     ],
 )
 async def test_bad_list_arguments_name_the_field(

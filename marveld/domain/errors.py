@@ -32,6 +32,15 @@ class PermissionDenied(MarveldError):
     """Authenticated, but not allowed."""
 
 
+class ResourceExhausted(MarveldError):
+    """Too many requests (a rate limit, or too many failed logins). ``retry_after`` is how
+    many seconds until a retry can succeed."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class UpstreamError(MarveldError):
     """The Marvel API (or the simulator) did not give a usable answer."""
 

@@ -13,9 +13,11 @@ DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_OFFSET = 1_000_000
 MAX_NAME_LENGTH = 256
+MAX_CHARACTER_ID = 2**31 - 1  # Marvel's ids are 7-digit ints
+EARLIEST_SINCE = datetime(1900, 1, 1, tzinfo=UTC)
 ORDERS = ("name", "-name", "modified", "-modified")
 _DATE_ONLY = re.compile(r"^\d{4}-\d\d-\d\d$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1
 
 
 def check_limit(limit: int | None, field: str = "limit") -> int:
@@ -70,7 +72,19 @@ def parse_since(value: str, field: str = "modified_since") -> datetime | None:
         if not _DATE_ONLY.match(text):
             raise InvalidArgument(field, "a time needs an offset, e.g. Z or +01:00")
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        utc = parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00, 9999-12-31T23:00-14:00: no UTC time
+        raise InvalidArgument(field, "is out of range") from None
+    if utc < EARLIEST_SINCE:
+        raise InvalidArgument(field, "must be 1900-01-01 or later")
+    return utc
+
+
+def check_character_id(marvel_id: int, field: str = "id") -> int:
+    if not 1 <= marvel_id <= MAX_CHARACTER_ID:
+        raise InvalidArgument(field, f"must be a Marvel character id, 1 to {MAX_CHARACTER_ID}")
+    return marvel_id
 
 
 @dataclass(frozen=True, slots=True)

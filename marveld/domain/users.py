@@ -1,8 +1,16 @@
-"""Users: the stored shape and the checks on what a client sends."""
+"""Users: the stored shape and the checks on what a client sends.
+
+Hostile text is refused with the field named: control characters (C0 and C1), the Unicode
+controls that reorder text on screen (bidi embeddings, overrides and isolates: a name could
+otherwise display as something else), and names with nothing visible in them. Names and
+emails are NFC-normalized, so one that looks the same is stored the same.
+"""
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,7 +20,9 @@ MIN_PASSWORD = 10
 MAX_PASSWORD = 256
 MAX_NAME = 100
 MAX_EMAIL = 254
+ROLES = ("user", "admin")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,31 +38,49 @@ class User:
 
 
 def normalize_email(email: str) -> str:
-    """Trimmed and lower-cased; InvalidArgument naming ``email`` when it is not an address."""
-    value = email.strip().lower()
+    """Trimmed, NFC and lower-cased; InvalidArgument naming ``email`` when it is not an
+    address (control, format or private-use characters included)."""
+    value = email.strip()
     if not value:
         raise InvalidArgument("email", "must not be empty")
-    if len(value) > MAX_EMAIL or not _EMAIL.match(value):
+    if len(value) > MAX_EMAIL:
+        raise InvalidArgument("email", "is not an email address")
+    value = unicodedata.normalize("NFC", value).lower()
+    if not _EMAIL.match(value) or any(unicodedata.category(ch)[0] == "C" for ch in value):
         raise InvalidArgument("email", "is not an email address")
     return value
 
 
 def check_name(name: str) -> str:
-    value = name.strip()
+    """Trimmed and NFC-normalized; 1 to 100 characters, something visible among them."""
+    value = unicodedata.normalize("NFC", name.strip())
     if not value:
         raise InvalidArgument("name", "must not be empty")
     if len(value) > MAX_NAME:
         raise InvalidArgument("name", f"must be at most {MAX_NAME} characters")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
         raise InvalidArgument("name", "must not contain control characters")
+    if any(ch in _BIDI_CONTROLS for ch in value):
+        raise InvalidArgument("name", "must not contain bidirectional override characters")
+    if all(unicodedata.category(ch)[0] in "CZM" for ch in value):
+        raise InvalidArgument("name", "must contain a visible character")
     return value
 
 
-def check_password(password: str) -> str:
+def check_password(password: str, common: Collection[str] = ()) -> str:
+    """10 to 256 characters, no NUL, and not one of ``common`` (lower-cased, trimmed)."""
     if len(password) < MIN_PASSWORD:
         raise InvalidArgument("password", f"must be at least {MIN_PASSWORD} characters")
     if len(password) > MAX_PASSWORD:
         raise InvalidArgument("password", f"must be at most {MAX_PASSWORD} characters")
     if "\x00" in password:
         raise InvalidArgument("password", "must not contain NUL")
+    if password.strip().lower() in common:
+        raise InvalidArgument("password", "is one of the most common passwords; choose another")
     return password
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise InvalidArgument("role", f"must be one of {', '.join(ROLES)}")
+    return role

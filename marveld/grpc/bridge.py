@@ -20,6 +20,7 @@ from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 
 from marveld.domain import errors
+from marveld.grpc import wire
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ def status_for(exc: errors.MarveldError) -> GRPCError:
             return GRPCError(Status.UNAUTHENTICATED, str(exc))
         case errors.PermissionDenied():
             return GRPCError(Status.PERMISSION_DENIED, str(exc))
+        case errors.ResourceExhausted():
+            return wire.rate_limited(str(exc), exc.retry_after)
         case errors.UpstreamRejected() if exc.is_credentials_problem:
             log.error("the Marvel API refused marveld's keys: %s", exc)
             return GRPCError(Status.UNAVAILABLE, "the Marvel API refused marveld's credentials")
@@ -106,7 +109,7 @@ def unary(
     trio once, and replies."""
 
     async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
-        request = await stream.recv_message()
+        request = await wire.receive_request(stream, request_type)
         value = stream.metadata.get("authorization") if stream.metadata else None
         ctx = CallContext(
             authorization=value if isinstance(value, str) else None, peer=_peer(stream)
@@ -119,7 +122,8 @@ def unary(
             seconds = min(seconds, stream.deadline.time_remaining())
         reply, error = await trio_asyncio.trio_as_aio(_call_in_trio)(fn, request, ctx, seconds)
         if error is not None:
-            raise error
+            await wire.refuse(stream, error)  # with a retry-after trailer when there is one
+            return
         await stream.send_message(reply)
 
     return grpclib.const.Handler(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from marveld.domain.errors import InvalidArgument, PermissionDenied
+from marveld.domain.errors import InvalidArgument
 from marveld.domain.queries import CharacterQuery, search_query
 from marveld.grpc import convert
 from marveld.grpc.bridge import CallContext, FastPath, Service, TrioHandler, unary
@@ -19,12 +19,12 @@ PACKAGE = "marvel.v1"
 def auth_service(users: UserService) -> Service:
     async def register(request: pb.RegisterRequest, ctx: CallContext) -> pb.UserProfile:
         user = await users.register(
-            name=request.name, email=request.email, password=request.password
+            name=request.name, email=request.email, password=request.password, peer=ctx.peer
         )
         return convert.profile(user)
 
     async def login(request: pb.LoginRequest, ctx: CallContext) -> pb.LoginResponse:
-        token = await users.login(email=request.email, password=request.password)
+        token = await users.login(email=request.email, password=request.password, peer=ctx.peer)
         return convert.login(token)
 
     return Service(
@@ -123,9 +123,7 @@ def character_service(users: UserService, characters: CharacterService) -> Servi
 
 def admin_service(users: UserService, characters: CharacterService) -> Service:
     async def purge_cache(request: pb.PurgeCacheRequest, ctx: CallContext) -> pb.PurgeCacheResponse:
-        user = await users.authenticate(ctx.authorization)
-        if user.role != "admin":
-            raise PermissionDenied("PurgeCache needs the admin role")
+        users.require_admin(await users.authenticate(ctx.authorization, fresh=True))
         if request.character_id is not None and request.character_id <= 0:
             raise InvalidArgument("character_id", "must be a positive Marvel character id")
         removed = await characters.purge(

@@ -16,6 +16,7 @@ import grpclib.server
 import trio
 import trio_asyncio
 from google.protobuf.descriptor_pool import Default
+from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.events import RecvRequest, SendTrailingMetadata, listen
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
@@ -104,6 +105,9 @@ class GrpcFace:
                 ServerReflectionV1Alpha(_service_names=names, _pool=pool),
             ],
             codec=PassthroughCodec(),
+            # Named, not left to grpclib: it drops error details (RetryInfo) when a custom
+            # codec is passed and no details codec is.
+            status_details_codec=ProtoStatusDetailsCodec(),
         )
         _count_rpcs(server, self._metrics)
         return server

@@ -20,7 +20,7 @@ import trio
 from marveld.domain.cache_policy import CachePolicy, Freshness
 from marveld.domain.characters import Character, CharacterPage
 from marveld.domain.errors import InvalidArgument, NotFound, UpstreamError
-from marveld.domain.queries import CharacterQuery
+from marveld.domain.queries import CharacterQuery, check_character_id
 from marveld.metrics import Metrics
 from marveld.services.guard import CircuitBreaker
 from marveld.services.memory_tier import Answer, MemoryTier
@@ -133,8 +133,7 @@ class CharacterService:
     async def get(self, marvel_id: int) -> Served:
         """One character by Marvel's id; NotFound when the upstream has none (remembered for
         the short negative TTL)."""
-        if marvel_id <= 0:
-            raise InvalidArgument("id", "must be a positive Marvel character id")
+        check_character_id(marvel_id)
 
         async def fetch(etag: str | None) -> CharacterPage:
             try:

@@ -3,7 +3,9 @@ argon2-cffi and PyJWT."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -18,9 +20,12 @@ from marveld.domain.errors import Unauthenticated
 ARGON2_MEMORY_KIB = 19 * 1024
 ARGON2_TIME_COST = 2
 ARGON2_PARALLELISM = 1
-ALGORITHM = "HS256"
+ALGORITHM = "HS256"  # the only one accepted: never "none", never an asymmetric one
 AUDIENCE = "marveld"
+TOKEN_TYPE = "at+jwt"  # RFC 9068's explicit type: no other JWT signed with our key passes
 LEEWAY_SECONDS = 10
+MAX_TOKEN_CHARS = 4096  # ours are ~300; anything much longer is not worth parsing
+_NOT_VALID = "access token is not valid"
 
 
 class PasswordHasher:
@@ -63,13 +68,45 @@ class AccessToken:
     subject: str
 
 
-class TokenIssuer:
-    """Signs and checks HS256 JWTs carrying exp, iat, nbf, iss, aud, sub and jti."""
+def key_id(secret: str) -> str:
+    """The ``kid`` of a signing key: 16 hex digits of a SHA-256 over a label and the key.
 
-    def __init__(self, secret: str, *, issuer: str, ttl_seconds: float) -> None:
+    Names the key without showing it; and it tells an attacker nothing the signature of any
+    token does not already give them to test guesses against."""
+    return hashlib.sha256(b"marveld access token key\x00" + secret.encode()).hexdigest()[:16]
+
+
+class TokenIssuer:
+    """Signs and checks HS256 JWTs carrying exp, iat, nbf, iss, aud, sub and jti.
+
+    ``secret`` signs; ``previous_secrets`` still verify, so a key can be rotated: sign with a
+    new key, keep the old one as previous until its last token has expired, then drop it.
+    Each token names its key in the ``kid`` header; an unknown kid is refused.
+    """
+
+    def __init__(
+        self,
+        secret: str,
+        *,
+        issuer: str,
+        ttl_seconds: float,
+        previous_secrets: Sequence[str] = (),
+    ) -> None:
         self._secret = secret
+        self._kid = key_id(secret)
+        self._keys = {key_id(key): key for key in previous_secrets}
+        self._keys[self._kid] = secret
         self._issuer = issuer
         self._ttl = timedelta(seconds=ttl_seconds)
+
+    @property
+    def signing_key_id(self) -> str:
+        return self._kid
+
+    @property
+    def verifying_key_ids(self) -> list[str]:
+        """The kids accepted: the signing key's and the previous keys'."""
+        return sorted(self._keys)
 
     def issue(self, subject: str, now: datetime) -> AccessToken:
         expires = now + self._ttl
@@ -82,15 +119,28 @@ class TokenIssuer:
             "exp": int(expires.timestamp()),
             "jti": uuid.uuid4().hex,
         }
-        token = jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+        headers = {"kid": self._kid, "typ": TOKEN_TYPE}
+        token = jwt.encode(claims, self._secret, algorithm=ALGORITHM, headers=headers)
         return AccessToken(token=token, expires_at=expires.replace(microsecond=0), subject=subject)
 
     def verify(self, token: str, now: datetime) -> AccessToken:
         """The checked token (subject: a user id); Unauthenticated when it does not check out."""
+        if len(token) > MAX_TOKEN_CHARS:
+            raise Unauthenticated(_NOT_VALID)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise Unauthenticated(_NOT_VALID) from None
+        kid = header.get("kid")
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:  # no kid, or a key rotated out: the token cannot be checked
+            raise Unauthenticated(f"{_NOT_VALID}: signed with an unknown key; log in again")
+        if header.get("typ") != TOKEN_TYPE:
+            raise Unauthenticated(_NOT_VALID)
         try:
             claims = jwt.decode(
                 token,
-                self._secret,
+                key,
                 algorithms=[ALGORITHM],
                 audience=AUDIENCE,
                 issuer=self._issuer,
@@ -100,7 +150,7 @@ class TokenIssuer:
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("access token expired; log in again") from None
         except jwt.InvalidTokenError:
-            raise Unauthenticated("access token is not valid") from None
+            raise Unauthenticated(_NOT_VALID) from None
         # PyJWT checks exp against the wall clock; check against the clock we were given too.
         if claims["exp"] + LEEWAY_SECONDS < now.timestamp():
             raise Unauthenticated("access token expired; log in again")

@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 
 from marveld.domain.errors import AlreadyExists, NotFound
-from marveld.domain.users import User
+from marveld.domain.users import User, check_role
 from marveld.storage.codec import optional_text_to_time, text_to_time, time_to_text
 from marveld.storage.database import Database
 
@@ -94,3 +94,39 @@ class UserRepo:
 
         if await self._db.write(update) == 0:
             raise NotFound(f"no user with id {user_id}")
+
+    async def set_role(self, email: str, role: str, now: datetime) -> User:
+        """Give the (not deleted) user with this email, in any case, ``role``; NotFound when
+        there is none, InvalidArgument for a role that is not one."""
+        check_role(role)
+        stamp = time_to_text(now)
+
+        def update(conn: sqlite3.Connection) -> User | None:
+            row = conn.execute(
+                f"UPDATE users SET role = ?, updated_at = ? WHERE email = ? AND deleted_at IS NULL"
+                f" RETURNING {_COLUMNS}",
+                (role, stamp, email),
+            ).fetchone()
+            return None if row is None else _user(row)
+
+        user = await self._db.write(update)
+        if user is None:
+            raise NotFound("no user with this email")
+        log.info("user %s is now %s", user.id, role)
+        return user
+
+    async def soft_delete(self, user_id: str, now: datetime) -> None:
+        """Mark the user deleted: kept for the record, but no login and no token works."""
+        stamp = time_to_text(now)
+
+        def update(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "UPDATE users SET deleted_at = ?, updated_at = ?"
+                " WHERE id = ? AND deleted_at IS NULL",
+                (stamp, stamp, user_id),
+            )
+            return cursor.rowcount
+
+        if await self._db.write(update) == 0:
+            raise NotFound(f"no user with id {user_id}")
+        log.info("user %s deleted", user_id)

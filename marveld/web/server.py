@@ -13,9 +13,12 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from marveld.web.limits import MAX_HEADER_BYTES, RequestLimits
+
 log = logging.getLogger(__name__)
 
 GRACEFUL_SECONDS = 5.0
+MAX_WEBSOCKET_MESSAGE_BYTES = 1 << 20
 
 
 async def serve_asgi(
@@ -28,15 +31,21 @@ async def serve_asgi(
 ) -> None:
     """Serve ``app`` on ``host:port`` (port 0 picks a free one) until cancelled.
 
-    ``task_status.started`` gets the bound port once the socket listens.
+    ``task_status.started`` gets the bound port once the socket listens. Request headers,
+    bodies (:class:`RequestLimits`) and WebSocket messages have size limits.
     """
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger(f"marveld.{name}")
     config.graceful_timeout = GRACEFUL_SECONDS
+    # Room for the request line and framing around the headers RequestLimits counts.
+    config.h11_max_incomplete_size = 2 * MAX_HEADER_BYTES
+    config.h2_max_header_list_size = 2 * MAX_HEADER_BYTES
+    config.websocket_max_message_size = MAX_WEBSOCKET_MESSAGE_BYTES
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(partial(serve, app, config))
+        limited: Any = RequestLimits(app)  # starlette's ASGI types, not hypercorn's: both fit
+        binds: list[str] = await nursery.start(partial(serve, limited, config))
         bound = int(binds[0].rsplit(":", 1)[1])
         log.info("%s listening on %s:%d", name, host, bound)
         task_status.started(bound)
