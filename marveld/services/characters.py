@@ -59,10 +59,10 @@ class Served:
 
 @dataclass
 class _Flight:
-    """One upstream call that every concurrent miss of its key waits for."""
+    """The one task serving a key's miss, that every concurrent caller of the key awaits."""
 
     done: trio.Event = field(default_factory=trio.Event)
-    answer: Answer | None = None
+    served: Served | None = None
     error: Exception | None = None
 
 
@@ -94,6 +94,7 @@ class CharacterService:
         self._encode = encode
         self._sweep_interval = sweep_interval
         self._flights: dict[str, _Flight] = {}
+        self._refreshing: set[str] = set()
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -179,90 +180,136 @@ class CharacterService:
         self._memory.forget(keys)
 
     # --- the read-through ------------------------------------------------------------------------
+    #
+    # A memory hit is answered at once. Anything else for a key runs as ONE task at a time
+    # (a flight) that every concurrent caller of that key waits for: the SQLite read, then
+    # the upstream call if the row is missing or too old. Background refreshes are tasks of
+    # their own, one per key.
 
     async def _serve(self, key: str, fetch: Fetch) -> Served:
         now = self._clock()
-        answer = self._memory.get(key)
-        tier = "memory"
-        if answer is None:
+        held = self._memory.get(key)
+        if held is None:
             self._metrics.cache_result("memory", "miss")
-            tier = "sqlite"
-            entry = await self._store.cache.get(key)
-            if entry is not None:
-                answer = Answer(
-                    key=key,
-                    page=entry.page,
-                    fetched_at=entry.created_at,
-                    expires_at=entry.expires_at,
-                    etag=entry.etag,
-                    encoded=self._encode(key, entry.page),
-                )
-                self._memory.put(answer)
-        freshness = self._policy.freshness(answer.expires_at, now) if answer else None
-        if answer is not None and freshness is Freshness.FRESH:
+            return await self._join(key, lambda: self._load(key, fetch))
+        served = self._from_cache(key, fetch, held, now, tier="memory")
+        if served is not None:
+            return served
+        return await self._join(key, lambda: self._renew(key, fetch, held))
+
+    def _from_cache(
+        self, key: str, fetch: Fetch, held: Answer, now: datetime, *, tier: str
+    ) -> Served | None:
+        """A fresh answer (HIT) or one in its revalidation window (STALE, and a refresh in
+        the background); None when the upstream must be asked first."""
+        freshness = self._policy.freshness(held.expires_at, now)
+        if freshness is Freshness.FRESH:
             self._metrics.cache_result(tier, "hit")
-            return Served(answer, CacheStatus.HIT, _age(now, answer.fetched_at))
-        if answer is not None and freshness is Freshness.REVALIDATE:
+            return Served(held, CacheStatus.HIT, _age(now, held.fetched_at))
+        if freshness is Freshness.REVALIDATE:
             self._metrics.cache_result(tier, "stale")
-            self._flight(key, fetch, answer)  # refresh in the background, once
-            return Served(answer, CacheStatus.STALE, _age(now, answer.fetched_at))
-        if tier == "sqlite":
+            self._refresh(key, fetch, held)
+            return Served(held, CacheStatus.STALE, _age(now, held.fetched_at))
+        return None
+
+    async def _load(self, key: str, fetch: Fetch) -> Served:
+        """The SQLite tier, then (when it has nothing usable) the upstream."""
+        entry = await self._store.cache.get(key)
+        if entry is None:
             self._metrics.cache_result("sqlite", "miss")
+            return await self._renew(key, fetch, None)
+        held = Answer(
+            key=key,
+            page=entry.page,
+            fetched_at=entry.created_at,
+            expires_at=entry.expires_at,
+            etag=entry.etag,
+            encoded=self._encode(key, entry.page),
+        )
+        self._memory.put(held)
+        served = self._from_cache(key, fetch, held, self._clock(), tier="sqlite")
+        return served if served is not None else await self._renew(key, fetch, held)
+
+    async def _renew(self, key: str, fetch: Fetch, held: Answer | None) -> Served:
+        """Ask the upstream; when it fails, serve ``held`` if stale-if-error allows."""
         try:
-            fetched = await self._wait(self._flight(key, fetch, answer))
+            fetched = await self._fetch_and_keep(key, fetch, held)
         except UpstreamError as exc:
-            if answer is None or freshness is not Freshness.IF_ERROR:
+            now = self._clock()
+            if held is None or self._policy.freshness(held.expires_at, now) is Freshness.DEAD:
                 raise
             log.warning("serving stale %s: %s", key, exc)
-            self._metrics.cache_result(tier, "stale")
-            return Served(answer, CacheStatus.STALE, _age(now, answer.fetched_at))
+            self._metrics.cache_result("sqlite", "stale")
+            return Served(held, CacheStatus.STALE, _age(now, held.fetched_at))
         return Served(fetched, CacheStatus.MISS, 0)
 
-    def _flight(self, key: str, fetch: Fetch, previous: Answer | None) -> _Flight:
-        """The upstream call under way for ``key``, or a new one."""
+    async def _fetch_and_keep(self, key: str, fetch: Fetch, held: Answer | None) -> Answer:
+        """One upstream call (with the etag of what we hold), stored in both tiers."""
+        etag = held.etag if held is not None else None
+        page = await self._breaker.call(lambda: fetch(etag))
+        if page is None:  # 304 Not Modified: the upstream confirmed our copy
+            if held is None:
+                raise UpstreamError("upstream answered 304 to a request without an etag")
+            page = held.page
+        now = self._clock()
+        expires = self._policy.expires_at(page, now)
+        await self._store.cache.put(key, page, now=now, expires_at=expires)
+        answer = Answer(
+            key=key,
+            page=page,
+            fetched_at=now,
+            expires_at=expires,
+            etag=page.etag,
+            encoded=self._encode(key, page),
+        )
+        self._memory.put(answer)
+        return answer
+
+    async def _join(self, key: str, job: Callable[[], Awaitable[Served]]) -> Served:
+        """Wait for the flight under way for ``key``, or start one running ``job``."""
         flight = self._flights.get(key)
         if flight is None:
-            if self._nursery is None:
-                raise RuntimeError("CharacterService.run() is not running")
             flight = self._flights[key] = _Flight()
-            self._nursery.start_soon(self._fly, key, fetch, previous, flight)
-        return flight
-
-    @staticmethod
-    async def _wait(flight: _Flight) -> Answer:
+            self._spawn(self._fly, key, job, flight)
         await flight.done.wait()
         if flight.error is not None:
             raise flight.error
-        assert flight.answer is not None
-        return flight.answer
+        assert flight.served is not None
+        return flight.served
 
-    async def _fly(self, key: str, fetch: Fetch, previous: Answer | None, flight: _Flight) -> None:
+    async def _fly(self, key: str, job: Callable[[], Awaitable[Served]], flight: _Flight) -> None:
         try:
-            etag = previous.etag if previous is not None else None
-            page = await self._breaker.call(lambda: fetch(etag))
-            if page is None:  # 304 Not Modified: the upstream confirmed our copy
-                if previous is None:
-                    raise UpstreamError("upstream answered 304 to a request without an etag")
-                page = previous.page
-            now = self._clock()
-            expires = self._policy.expires_at(page, now)
-            await self._store.cache.put(key, page, now=now, expires_at=expires)
-            flight.answer = Answer(
-                key=key,
-                page=page,
-                fetched_at=now,
-                expires_at=expires,
-                etag=page.etag,
-                encoded=self._encode(key, page),
-            )
-            self._memory.put(flight.answer)
+            flight.served = await job()
         except Exception as exc:
             if not isinstance(exc, UpstreamError):
-                log.exception("fetching %s failed", key)
+                log.exception("serving %s failed", key)
             flight.error = exc
         finally:
             del self._flights[key]
             flight.done.set()
+
+    def _refresh(self, key: str, fetch: Fetch, held: Answer) -> None:
+        """Refresh ``key`` in the background, unless a refresh of it is under way."""
+        if key in self._refreshing:
+            return
+        self._refreshing.add(key)
+
+        async def refresh() -> None:
+            try:
+                await self._fetch_and_keep(key, fetch, held)
+            except UpstreamError as exc:
+                log.warning("background refresh of %s failed: %s", key, exc)
+            except Exception:
+                log.exception("background refresh of %s failed", key)
+            finally:
+                self._refreshing.discard(key)
+
+        self._spawn(refresh)
+
+    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        if self._nursery is None:
+            raise RuntimeError("CharacterService.run() is not running")
+        self._nursery.start_soon(fn, *args)
 
     async def _sweep_forever(self) -> None:
         while True:
