@@ -7,13 +7,14 @@ import sqlite3
 import uuid
 from datetime import datetime
 
-from marveld.domain.errors import AlreadyExists, NotFound
+from marveld.domain.errors import AlreadyExists, InvalidArgument, NotFound
 from marveld.domain.users import User
 from marveld.storage.codec import optional_text_to_time, text_to_time, time_to_text
 from marveld.storage.database import Database
 
 log = logging.getLogger(__name__)
 
+ROLES = ("user", "admin")
 _COLUMNS = "id, name, email, password, role, created_at, updated_at, deleted_at"
 
 
@@ -94,3 +95,14 @@ class UserRepo:
 
         if await self._db.write(update) == 0:
             raise NotFound(f"no user with id {user_id}")
+
+    async def set_role(self, email: str, role: str) -> bool:
+        """Give the user with this email (in any case) the role ``user`` or ``admin``;
+        False when there is no such user. InvalidArgument for another role."""
+        if role not in ROLES:
+            raise InvalidArgument("role", f"must be one of {', '.join(ROLES)}")
+
+        def update(conn: sqlite3.Connection) -> int:
+            return conn.execute("UPDATE users SET role = ? WHERE email = ?", (role, email)).rowcount
+
+        return await self._db.write(update) > 0
