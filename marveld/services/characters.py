@@ -8,16 +8,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from marveld.domain.characters import Character, CharacterPage
+from marveld.domain.characters import ATTRIBUTION, Character, CharacterPage
 from marveld.domain.errors import InvalidArgument, UpstreamError
-from marveld.domain.queries import CharacterQuery
+from marveld.domain.queries import CharacterQuery, SearchQuery
 from marveld.metrics import Metrics
+from marveld.services.catalog import LocalCatalog
 from marveld.storage import Store
 from marveld.upstream import MarvelClient
 
 log = logging.getLogger(__name__)
 
-ATTRIBUTION = "Data provided by Marvel. © 2026 MARVEL"
 TIER = "sqlite"
 
 
@@ -45,7 +45,9 @@ class CharacterService:
         clock: Callable[[], datetime],
         *,
         ttl_seconds: float,
+        catalog: LocalCatalog | None = None,
     ) -> None:
+        self._catalog = catalog  # local gets and searches once the first sync is done
         self._store = store
         self._upstream = upstream
         self._metrics = metrics
@@ -65,6 +67,10 @@ class CharacterService:
         """One character by Marvel's id; NotFound when the upstream has none."""
         if marvel_id <= 0:
             raise InvalidArgument("id", "must be a positive Marvel character id")
+        if self._catalog is not None and await self._catalog.is_synced():
+            local = await self._catalog.get(marvel_id)
+            if local is not None:
+                return local  # else new upstream and not synced yet: read through
 
         async def fetch(etag: str | None) -> CharacterPage | None:
             character = await self._upstream.get_character(marvel_id)
@@ -79,6 +85,13 @@ class CharacterService:
 
         served = await self._read_through(f"characters/{marvel_id}", fetch)
         return served.page.characters[0]
+
+    async def search(self, query: SearchQuery) -> ServedPage:
+        """Free-text search: local full-text once synced, else a name prefix upstream."""
+        if self._catalog is not None and await self._catalog.is_synced():
+            page = await self._catalog.search(query)
+            return ServedPage(page, CacheStatus.HIT, await self._catalog.age_seconds())
+        return await self.list(query.upstream_query())
 
     async def _read_through(
         self, key: str, fetch: Callable[[str | None], Awaitable[CharacterPage | None]]
