@@ -82,6 +82,7 @@ class CacheSettings:
 @dataclass(frozen=True)
 class PollerSettings:
     interval: float
+    enabled: bool
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upstream", "backoff_max", "duration", "10s", "Longest wait between two retries."),
     Setting("cache", "ttl", "duration", "1h", "How long a cached answer stays fresh."),
     Setting("poller", "interval", "duration", "24h", "Time between two syncs with the upstream."),
+    Setting("poller", "enabled", "bool", True,
+            "Sync in the background: a full sync on first start, then a poll every interval. "
+            "Off: only TriggerSync and webhooks bring changes."),
     Setting("auth", "token_ttl", "duration", "1h", "Lifetime of an access token."),
     Setting("auth", "issuer", "str", "marveld", "Issuer (`iss` claim) of access tokens."),
     Setting("log", "level", "str", "info", "Least severe level that is logged.",

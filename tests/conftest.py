@@ -27,7 +27,8 @@ JWT_SECRET = "test-jwt-secret-that-is-at-least-32-bytes-long"
 
 
 def daemon_env(tmp_path: Path, upstream_url: str) -> dict[str, str]:
-    """The environment of a daemon under test: free ports, a temp database, fast retries."""
+    """The environment of a daemon under test: free ports, a temp database, fast retries,
+    no background sync."""
     return {
         "MARVEL_PUBLIC_KEY": PUBLIC_KEY,
         "MARVEL_PRIVATE_KEY": PRIVATE_KEY,
@@ -40,6 +41,8 @@ def daemon_env(tmp_path: Path, upstream_url: str) -> dict[str, str]:
         "MARVELD_UPSTREAM_MAX_ATTEMPTS": "2",
         "MARVELD_UPSTREAM_BACKOFF_INITIAL": "0.01",
         "MARVELD_UPSTREAM_BACKOFF_MAX": "0.02",
+        # No background sync: tests that need one turn it on or trigger it.
+        "MARVELD_POLLER_ENABLED": "false",
     }
 
 

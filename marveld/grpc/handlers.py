@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marveld.domain.queries import CharacterQuery, search_query
+from marveld.domain.queries import CharacterQuery, SearchQuery
 from marveld.grpc import convert
 from marveld.grpc.bridge import CallContext, Service, unary
 from marveld.proto.marvel import v1 as pb
@@ -61,8 +61,8 @@ def character_service(users: UserService, characters: CharacterService) -> Servi
         request: pb.SearchCharactersRequest, ctx: CallContext
     ) -> pb.CharacterPage:
         await users.authenticate(ctx.authorization)
-        query = search_query(request.query, request.limit, request.offset)
-        return convert.page(await characters.list(query))
+        query = SearchQuery.parse(request.query, request.limit, request.offset)
+        return convert.page(await characters.search(query))
 
     async def get_character(request: pb.GetCharacterRequest, ctx: CallContext) -> pb.Character:
         await users.authenticate(ctx.authorization)
