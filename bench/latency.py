@@ -66,6 +66,8 @@ def live_daemon() -> Iterator[int]:
             "MARVELD_DATABASE_PATH": str(Path(tmp) / "bench.db"),
             "MARVELD_UPSTREAM_URL": f"http://127.0.0.1:{sim_port}/v1/public",
             "MARVELD_LOG_LEVEL": "warning",
+            # No background first sync competing with the calls measured (bench/sync.py).
+            "MARVELD_POLLER_ENABLED": "false",
         }
         config = Path(tmp) / "marveld.toml"
         config.touch()
