@@ -20,11 +20,12 @@ import pytest
 import trio
 
 from marveld.domain.characters import Character, parse_marvel_time
-from marveld.domain.webhooks import SIGNATURE_HEADER, WebhookPayload, verify
+from marveld.domain.webhooks import SIGNATURE_HEADER, WebhookPayload, signature_header, verify
 from marveld.sim import SimHandle, SimState
 from marveld.sim.catalogue import Catalogue
 from marveld.sim.state import WEBHOOK_QUEUE
 from marveld.sim.webhooks import queue_webhook
+from marveld.upstream import DeliveryFailed, WebhookSender
 from tests.test_sim import OPTIONS, SPIDER_MAN, client, signed, start
 from tests.waiting import Receiver, wait_until
 
@@ -214,3 +215,29 @@ def test_a_full_webhook_queue_drops_with_a_warning(caplog: pytest.LogCaptureFixt
         assert not queue_webhook(state, "character.updated", [1], now)
     assert state.webhooks_failed == 1
     assert "webhook queue full" in caplog.text
+
+
+async def test_the_sender_translates_httpx_errors() -> None:
+    def timing_out(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    async with WebhookSender.open(transport=httpx.MockTransport(timing_out)) as sender:
+        with pytest.raises(DeliveryFailed, match="timed out"):
+            await sender.send("http://127.0.0.1:9/hook", b"{}", secret="s", timestamp=1)
+        with pytest.raises(DeliveryFailed, match="is not a URL"):
+            await sender.send("http://[::1/hook", b"{}", secret="s", timestamp=1)
+
+    seen: list[httpx.Request] = []
+
+    def answering(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    async with WebhookSender.open(transport=httpx.MockTransport(answering)) as sender:
+        assert (
+            await sender.send("http://hooks.example/in", b'{"a":1}', secret="s", timestamp=7) == 204
+        )
+    (request,) = seen
+    assert request.headers["host"] == "hooks.example"
+    assert request.headers["content-length"] == "7"
+    assert request.headers[SIGNATURE_HEADER] == signature_header("s", 7, b'{"a":1}')

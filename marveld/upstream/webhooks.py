@@ -52,12 +52,49 @@ class WebhookSender:
     async def send(self, url: str, body: bytes, *, secret: str, timestamp: int) -> int:
         """POST ``body`` to ``url`` signed for ``timestamp``; the answer's HTTP status.
         DeliveryFailed when no answer came."""
-        headers = {SIGNATURE_HEADER: signature_header(secret, timestamp, body)}
         try:
-            response = await self._http.post(url, content=body, headers=headers)
+            target = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise DeliveryFailed(f"webhook URL {url!r} is not a URL") from exc
+        headers = {
+            **self._http.headers,
+            "Host": target.netloc.decode("ascii"),
+            "Content-Length": str(len(body)),
+            SIGNATURE_HEADER: signature_header(secret, timestamp, body),
+        }
+        # The body is a plain iterator, not httpx's async generator, and the answer's body
+        # is never read: a send cancelled half-way (a simulator shutting down) leaves no
+        # async generator behind for the garbage collector (encode/httpx#3686).
+        request = httpx.Request("POST", target, headers=headers, stream=_OneChunk(body))
+        try:
+            response = await self._http.send(request, stream=True)
         except httpx.TimeoutException as exc:
             raise DeliveryFailed(f"webhook to {url} timed out") from exc
         except httpx.HTTPError as exc:
             raise DeliveryFailed(f"webhook to {url} failed: {type(exc).__name__}") from exc
+        await response.aclose()
         log.debug("webhook to %s: HTTP %d", url, response.status_code)
         return response.status_code
+
+
+class _OneChunk(httpx.AsyncByteStream):
+    """A request body sent as one chunk, iterated by a class rather than a generator."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _Chunks([self._body])
+
+
+class _Chunks:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._chunks:
+            raise StopAsyncIteration
+        return self._chunks.pop(0)
