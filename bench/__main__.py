@@ -3,7 +3,7 @@ that everything is wired."""
 
 import argparse
 
-from bench import cache, latency, security
+from bench import cache, latency, security, sync
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -12,3 +12,4 @@ if __name__ == "__main__":
     latency.main(["--hits", "300", "--misses", "50"] if args.quick else [])
     cache.main(["--quick"] if args.quick else [])
     security.main(["--logins", "5", "--verifies", "2000", "--calls", "200"] if args.quick else [])
+    sync.main([])

@@ -83,14 +83,17 @@ async def serve(
     demo: bool = False,
     task_status: trio.TaskStatus[daemon.Endpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The daemon; with ``demo`` a simulator on a free port is its upstream."""
+    """The daemon; with ``demo`` a simulator on a free port is its upstream, and sends its
+    webhooks to the daemon."""
     async with trio.open_nursery() as nursery:
+        handle = None
         if demo:
             handle = await nursery.start(
                 run_sim,
                 SimOptions(
                     public_key=settings.secrets.marvel_public_key,
                     private_key=settings.secrets.marvel_private_key,
+                    webhook_secret=settings.secrets.webhook_secret,
                 ),
             )
             settings = dataclasses.replace(
@@ -98,6 +101,12 @@ async def serve(
             )
             log.info("demo: the simulator at %s stands in for the Marvel API", handle.url)
         endpoints = await nursery.start(daemon.run, settings)
+        if handle is not None and settings.secrets.webhook_secret:
+            host = settings.http.listen.host
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+            host = f"[{host}]" if ":" in host else host
+            handle.state.webhook_url = f"http://{host}:{endpoints.http_port}/v1/webhooks/marvel"
+            log.info("demo: the simulator sends its webhooks to %s", handle.state.webhook_url)
         task_status.started(endpoints)
 
 

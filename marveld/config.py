@@ -98,6 +98,7 @@ class CacheSettings:
 @dataclass(frozen=True)
 class PollerSettings:
     interval: float
+    enabled: bool
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache", "sweep_interval", "duration", "5m",
             "Time between two sweeps of expired answers out of the SQLite tier."),
     Setting("poller", "interval", "duration", "24h", "Time between two syncs with the upstream."),
+    Setting("poller", "enabled", "bool", True,
+            "Sync in the background: a full sync on first start, then a poll every interval. "
+            "Off: only TriggerSync and webhooks bring changes."),
     Setting("auth", "token_ttl", "duration", "1h", "Lifetime of an access token."),
     Setting("auth", "issuer", "str", "marveld", "Issuer (`iss` claim) of access tokens."),
     Setting("ratelimit", "enabled", "bool", True,

@@ -13,19 +13,25 @@ import trio
 from marveld.config import RateLimitSettings, Settings
 from marveld.domain.cache_policy import CachePolicy
 from marveld.grpc import convert
-from marveld.grpc.handlers import admin_service, auth_service, character_service, user_service
+from marveld.grpc.admin import admin_service
+from marveld.grpc.handlers import auth_service, character_service, user_service
 from marveld.grpc.server import GrpcFace
 from marveld.metrics import Metrics
+from marveld.services.catalog import LocalCatalog
 from marveld.services.characters import CharacterService
 from marveld.services.guard import CallBudget, CircuitBreaker
 from marveld.services.memory_tier import MemoryTier
+from marveld.services.poller import Poller
 from marveld.services.ratelimit import LoginThrottle, RateLimiter, RateLimits
 from marveld.services.security import PasswordHasher, TokenIssuer, utc_now
+from marveld.services.sync import SyncService
 from marveld.services.users import UserService
+from marveld.services.webhooks import WebhookService
 from marveld.storage import Store
 from marveld.upstream import MarvelClient, RetryPolicy
 from marveld.web.app import build_app
 from marveld.web.server import serve_asgi
+from marveld.web.webhooks import webhook_route
 
 log = logging.getLogger(__name__)
 
@@ -123,22 +129,33 @@ async def run(
             ),
             encode=convert.encode_answer,
             sweep_interval=cache.sweep_interval,
+            catalog=LocalCatalog(store, clock),
+        )
+        # Every applied change drops the answers it made stale from the memory tier too.
+        sync = SyncService(store, marvel, metrics, clock, forget_cached=characters.forget)
+        webhooks = WebhookService(
+            store, marvel, sync, metrics, clock, secret=secrets.webhook_secret
         )
         grpc.serve(
             auth_service(users),
             user_service(users),
             character_service(users, characters),
-            admin_service(users, characters),
+            admin_service(users, characters, sync),
         )
 
         async def ready() -> dict[str, bool]:
             try:
                 await store.ping()
+                first_sync = await sync.first_sync_done()
             except Exception:
-                return {"database": False}
-            return {"database": True}
+                return {"database": False, "first_sync": False}
+            return {"database": True, "first_sync": first_sync}
 
-        http_app = build_app(metrics, ready)
+        # Requests are served during the first sync (read-through), so it is reported
+        # but does not make the daemon unready.
+        http_app = build_app(
+            metrics, ready, routes=[webhook_route(webhooks)], informational={"first_sync"}
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(budget.keep, store)
             await nursery.start(characters.run)
@@ -146,8 +163,13 @@ async def run(
             http_port = await nursery.start(
                 serve_asgi, http_app, settings.http.listen.host, settings.http.listen.port
             )
-            # The poller (change detection) and the notifier join this nursery with the
-            # issues that build them.
+            await nursery.start(webhooks.run)
+            if settings.poller.enabled:
+                poller = Poller(sync, clock, interval=settings.poller.interval)
+                await nursery.start(poller.run)
+            else:
+                log.info("poller disabled: TriggerSync and webhooks bring changes")
+            # The notifier joins this nursery with the issue that builds it.
             log.info("marveld ready: grpc port %d, http port %d", grpc_port, http_port)
             task_status.started(Endpoints(grpc_port=grpc_port, http_port=http_port))
 

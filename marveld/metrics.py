@@ -6,6 +6,9 @@ parts that count things; the HTTP face serves :meth:`Metrics.exposition`.
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Sequence
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -17,6 +20,7 @@ from prometheus_client import (
 
 _RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 _UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SYNC_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
 
 class Metrics:
@@ -83,6 +87,40 @@ class Metrics:
             buckets=_RPC_BUCKETS,
             registry=self.registry,
         )
+        self.sync_runs = Counter(
+            "marveld_sync_runs",
+            "Syncs with the upstream by kind (bootstrap, poll) and outcome (changed, unchanged,"
+            " not_modified, failed).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.sync_duration = Histogram(
+            "marveld_sync_duration_seconds",
+            "Duration of syncs with the upstream (polls and the bootstrap), failed ones too.",
+            ["kind"],
+            buckets=_SYNC_BUCKETS,
+            registry=self.registry,
+        )
+        self.characters_changed = Counter(
+            "marveld_characters_changed",
+            "Characters added or updated, by change and by the path that brought them"
+            " (bootstrap, poll, webhook, read_through).",
+            ["change", "source"],
+            registry=self.registry,
+        )
+        self.events_appended = Counter(
+            "marveld_events_appended",
+            "Events appended to the event log, by type.",
+            ["type"],
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "marveld_webhook_deliveries",
+            "Webhook deliveries by outcome (accepted, duplicate, refused, invalid,"
+            " not_configured, applied, failed).",
+            ["outcome"],
+            registry=self.registry,
+        )
 
     def cache_result(self, tier: str, result: str) -> None:
         self.cache_requests.labels(tier=tier, result=result).inc()
@@ -101,6 +139,23 @@ class Metrics:
 
     def breaker_changed(self, serving: bool) -> None:
         self.upstream_breaker_open.set(0 if serving else 1)
+
+    def sync_run(self, kind: str, outcome: str, seconds: float) -> None:
+        self.sync_runs.labels(kind=kind, outcome=outcome).inc()
+        self.sync_duration.labels(kind=kind).observe(seconds)
+
+    def batch_applied(self, source: str, added: int, updated: int, events: Sequence[str]) -> None:
+        """One applied batch: how many characters it added and updated, and the types of
+        the events it appended."""
+        if added:
+            self.characters_changed.labels(change="added", source=source).inc(added)
+        if updated:
+            self.characters_changed.labels(change="updated", source=source).inc(updated)
+        for kind, count in Tally(events).items():
+            self.events_appended.labels(type=kind).inc(count)
+
+    def webhook_delivery(self, outcome: str) -> None:
+        self.webhook_deliveries.labels(outcome=outcome).inc()
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text format and its content type."""

@@ -34,7 +34,8 @@ GENEROUS_LIMITS = (
 
 
 def daemon_env(tmp_path: Path, upstream_url: str) -> dict[str, str]:
-    """The environment of a daemon under test: free ports, a temp database, fast retries."""
+    """The environment of a daemon under test: free ports, a temp database, fast retries,
+    no background sync."""
     return {
         "MARVEL_PUBLIC_KEY": PUBLIC_KEY,
         "MARVEL_PRIVATE_KEY": PRIVATE_KEY,
@@ -49,6 +50,8 @@ def daemon_env(tmp_path: Path, upstream_url: str) -> dict[str, str]:
         "MARVELD_UPSTREAM_BACKOFF_MAX": "0.02",
         # Limits no test reaches but the ones about limits, which set their own.
         **{f"MARVELD_RATELIMIT_{name}": str(GENEROUS) for name in GENEROUS_LIMITS},
+        # No background sync: tests that need one turn it on or trigger it.
+        "MARVELD_POLLER_ENABLED": "false",
     }
 
 

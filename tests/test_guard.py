@@ -56,9 +56,10 @@ async def test_spending_survives_a_restart(tmp_path: Path) -> None:
                 budget.spend("request")
                 budget.spend("request")
                 with trio.fail_after(5):
-                    while await store.state.get("upstream_budget") != (  # noqa: ASYNC110
-                        f"2026-11-24 {expected_used}"
-                    ):
+                    while await store.sync_state.get("upstream_budget") != {  # noqa: ASYNC110
+                        "day": "2026-11-24",
+                        "used": expected_used,
+                    }:
                         await trio.sleep(0.001)
                 nursery.cancel_scope.cancel()
         now.value += timedelta(days=1)

@@ -41,9 +41,10 @@ def test_every_flag(tmp_path: Path) -> None:
     args = parse(
         "--host", "0.0.0.0", "--port", "0", "--dataset", str(tmp_path / "c.json"),
         "--latency-ms", "25", "--fail-rate", "0.1", "--daily-limit", "1000",
-        "--webhook-url", "http://127.0.0.1:9/hook", "--seed", "3",
+        "--webhook-url", "http://127.0.0.1:9/hook", "--seed", "3", "--churn", "6",
     )  # fmt: skip
-    assert options_from_args(args, {}) == SimOptions(
+    options = options_from_args(args, {"MARVELD_WEBHOOK_SECRET": "hook-key"})
+    assert options == SimOptions(
         host="0.0.0.0",
         port=0,
         dataset=tmp_path / "c.json",
@@ -52,7 +53,10 @@ def test_every_flag(tmp_path: Path) -> None:
         daily_limit=1000,
         webhook_url="http://127.0.0.1:9/hook",
         seed=3,
+        webhook_secret="hook-key",
+        churn=6.0,
     )
+    assert "hook-key" not in repr(options)
 
 
 def test_keys_come_from_the_environment() -> None:
@@ -94,6 +98,9 @@ def test_key_mistakes_are_refused(env: dict[str, str], message: str) -> None:
         (["--latency-ms", "nan"], "latency_ms"),
         (["--daily-limit", "-1"], "daily_limit"),
         (["--port", "70000"], "port"),
+        (["--webhook-url", "http://127.0.0.1:9/hook"], "MARVELD_WEBHOOK_SECRET"),
+        (["--churn", "-1"], "churn"),
+        (["--churn", "nan"], "churn"),
     ],
 )
 def test_bad_values_are_refused_naming_the_option(argv: list[str], message: str) -> None:

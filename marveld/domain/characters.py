@@ -12,6 +12,8 @@ from typing import Any
 
 from marveld.domain.errors import UpstreamError
 
+# Marvel's terms: show this with the data.
+ATTRIBUTION = "Data provided by Marvel. © 2026 MARVEL"
 _MARVEL_TIME = re.compile(r"^(-?\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)([+-]\d\d):?(\d\d)$")
 
 

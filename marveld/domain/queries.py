@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
+from marveld.domain.characters import Character
 from marveld.domain.errors import InvalidArgument
 
 DEFAULT_LIMIT = 20
@@ -18,6 +19,13 @@ EARLIEST_SINCE = datetime(1900, 1, 1, tzinfo=UTC)
 ORDERS = ("name", "-name", "modified", "-modified")
 _DATE_ONLY = re.compile(r"^\d{4}-\d\d-\d\d$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1
+LIST_KEY_PREFIX = "characters?"
+_KEY_FIELDS = ("name", "nameStartsWith", "modifiedSince", "orderBy", "limit", "offset")
+
+
+def fold_name(name: str) -> str:
+    """A name as the upstream compares it: case-folded, trailing spaces dropped."""
+    return name.casefold().rstrip(" ")
 
 
 def check_limit(limit: int | None, field: str = "limit") -> int:
@@ -133,6 +141,44 @@ class CharacterQuery:
         ]
         return "characters?" + urlencode(parts)
 
+    @classmethod
+    def from_cache_key(cls, key: str) -> CharacterQuery:
+        """The query a :meth:`cache_key` stands for (names come back case-folded, which
+        changes neither the key nor what the query matches). ValueError for any other key,
+        such as ``characters/1009610``."""
+        if not key.startswith(LIST_KEY_PREFIX):
+            raise ValueError(f"not a character list key: {key[:60]!r}")
+        params = dict(parse_qsl(key[len(LIST_KEY_PREFIX) :], keep_blank_values=True))
+        if sorted(params) != sorted(_KEY_FIELDS):
+            raise ValueError(f"not a character list key: {key[:60]!r}")
+        try:
+            return cls.parse(
+                name=params["name"],
+                name_starts_with=params["nameStartsWith"],
+                modified_since=params["modifiedSince"],
+                order_by=params["orderBy"],
+                limit=int(params["limit"]),
+                offset=int(params["offset"]),
+            )
+        except InvalidArgument as exc:
+            raise ValueError(f"not a character list key: {exc}") from None
+
+    def matches(self, character: Character) -> bool:
+        """Whether the upstream would list ``character`` for this query (on some page):
+        exact name and name prefix case-insensitively, ``modified`` on or after
+        ``modified_since`` (a placeholder date is before every date)."""
+        folded = fold_name(character.name)
+        if self.name is not None and folded != fold_name(self.name):
+            return False
+        if self.name_starts_with is not None and not folded.startswith(
+            self.name_starts_with.casefold()
+        ):
+            return False
+        if self.modified_since is not None:
+            modified = character.modified
+            return modified is not None and modified >= self.modified_since
+        return True
+
     def upstream_params(self) -> dict[str, str]:
         """The query string for Marvel's ``GET /v1/public/characters``."""
         params: dict[str, str] = {}
@@ -153,9 +199,45 @@ class CharacterQuery:
         )
 
 
+MAX_SEARCH_TERMS = 16
+# What the full-text index calls a token: runs of letters and digits. Everything else in a
+# search (quotes, ``*``, parentheses, control characters) separates terms and is never syntax.
+_TERM = re.compile(r"[^\W_]+")
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]+")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """A free-text search: the cleaned text, its terms, and the page. Build it with
+    :meth:`parse`. Any text is data: operators and quotes are not interpreted."""
+
+    text: str
+    terms: tuple[str, ...]
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+
+    @classmethod
+    def parse(cls, query: str, limit: int | None, offset: int | None) -> SearchQuery:
+        """InvalidArgument naming ``query`` when it is empty or blank (control characters
+        count as blanks) or too long; ``limit`` and ``offset`` as for a list."""
+        text = _SPACE_OR_CONTROL.sub(" ", query).strip()
+        if not text:
+            raise InvalidArgument("query", "must not be empty")
+        if len(text) > MAX_NAME_LENGTH:
+            raise InvalidArgument("query", f"must be at most {MAX_NAME_LENGTH} characters")
+        terms = tuple(dict.fromkeys(t.casefold() for t in _TERM.findall(text)))
+        return cls(
+            text=text,
+            terms=terms[:MAX_SEARCH_TERMS],
+            limit=check_limit(limit),
+            offset=check_offset(offset),
+        )
+
+    def upstream_query(self) -> CharacterQuery:
+        """The same search as a name prefix, for an upstream that has no free-text search."""
+        return CharacterQuery(name_starts_with=self.text, limit=self.limit, offset=self.offset)
+
+
 def search_query(query: str, limit: int | None, offset: int | None) -> CharacterQuery:
-    """A free-text search. Until the local read model exists it is a name prefix upstream."""
-    term = check_text(query, "query", required=True)
-    return CharacterQuery(
-        name_starts_with=term, limit=check_limit(limit), offset=check_offset(offset)
-    )
+    """A free-text search as the upstream can run it: a name prefix."""
+    return SearchQuery.parse(query, limit, offset).upstream_query()

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from marveld.domain.errors import InvalidArgument
-from marveld.domain.queries import CharacterQuery, search_query
+from marveld.domain.queries import CharacterQuery, SearchQuery
 from marveld.grpc import convert
 from marveld.grpc.bridge import CallContext, FastPath, Service, TrioHandler, unary
 from marveld.proto.marvel import v1 as pb
@@ -57,10 +57,6 @@ def _list_query(request: pb.ListCharactersRequest) -> CharacterQuery:
     )
 
 
-def _search_query(request: pb.SearchCharactersRequest) -> CharacterQuery:
-    return search_query(request.query, request.limit, request.offset)
-
-
 def character_service(users: UserService, characters: CharacterService) -> Service:
     """Pages go out as bytes: the cached encoding plus the cache fields (see convert)."""
 
@@ -87,6 +83,24 @@ def character_service(users: UserService, characters: CharacterService) -> Servi
 
         return slow
 
+    def fast_search(request: pb.SearchCharactersRequest, ctx: CallContext) -> bytes | None:
+        if users.authenticate_fast(ctx.authorization) is None:
+            return None
+        try:
+            query = SearchQuery.parse(request.query, request.limit, request.offset)
+        except InvalidArgument:
+            return None
+        hit = characters.fresh_search(query)
+        if hit is None:
+            return None
+        answer, age = hit
+        return answer.encoded + convert.cache_suffix(CacheStatus.HIT, age)
+
+    async def search(request: pb.SearchCharactersRequest, ctx: CallContext) -> bytes:
+        await users.authenticate(ctx.authorization)
+        query = SearchQuery.parse(request.query, request.limit, request.offset)
+        return convert.page_reply(await characters.search(query))
+
     def fast_character(request: pb.GetCharacterRequest, ctx: CallContext) -> bytes | None:
         if users.authenticate_fast(ctx.authorization) is None or request.id <= 0:
             return None
@@ -109,31 +123,10 @@ def character_service(users: UserService, characters: CharacterService) -> Servi
                 fast=fast_page(_list_query),
             ),
             "SearchCharacters": unary(
-                slow_page(_search_query),
-                pb.SearchCharactersRequest,
-                pb.CharacterPage,
-                fast=fast_page(_search_query),
+                search, pb.SearchCharactersRequest, pb.CharacterPage, fast=fast_search
             ),
             "GetCharacter": unary(
                 get_character, pb.GetCharacterRequest, pb.Character, fast=fast_character
             ),
         },
-    )
-
-
-def admin_service(users: UserService, characters: CharacterService) -> Service:
-    async def purge_cache(request: pb.PurgeCacheRequest, ctx: CallContext) -> pb.PurgeCacheResponse:
-        users.require_admin(await users.authenticate(ctx.authorization, fresh=True))
-        if request.character_id is not None and request.character_id <= 0:
-            raise InvalidArgument("character_id", "must be a positive Marvel character id")
-        removed = await characters.purge(
-            key=request.key or "",
-            marvel_id=request.character_id or 0,
-            everything=bool(request.all),
-        )
-        return pb.PurgeCacheResponse(removed=removed)
-
-    return Service(
-        f"{PACKAGE}.AdminService",
-        {"PurgeCache": unary(purge_cache, pb.PurgeCacheRequest, pb.PurgeCacheResponse)},
     )

@@ -18,18 +18,17 @@ from datetime import datetime
 import trio
 
 from marveld.domain.cache_policy import CachePolicy, Freshness
-from marveld.domain.characters import Character, CharacterPage
+from marveld.domain.characters import ATTRIBUTION, Character, CharacterPage
 from marveld.domain.errors import InvalidArgument, NotFound, UpstreamError
-from marveld.domain.queries import CharacterQuery, check_character_id
+from marveld.domain.queries import CharacterQuery, SearchQuery, check_character_id
 from marveld.metrics import Metrics
+from marveld.services.catalog import LocalCatalog
 from marveld.services.guard import CircuitBreaker
 from marveld.services.memory_tier import Answer, MemoryTier
 from marveld.storage import Store
 from marveld.upstream import MarvelClient
 
 log = logging.getLogger(__name__)
-
-ATTRIBUTION = "Data provided by Marvel. © 2026 MARVEL"
 
 Fetch = Callable[[str | None], Awaitable[CharacterPage | None]]
 """Ask the upstream, with the etag of the copy we hold; None means 304 Not Modified."""
@@ -83,6 +82,7 @@ class CharacterService:
         policy: CachePolicy,
         encode: Encode,
         sweep_interval: float,
+        catalog: LocalCatalog | None = None,
     ) -> None:
         self._store = store
         self._upstream = upstream
@@ -93,6 +93,7 @@ class CharacterService:
         self._policy = policy
         self._encode = encode
         self._sweep_interval = sweep_interval
+        self._catalog = catalog  # local gets and searches once the first sync is done
         self._flights: dict[str, _Flight] = {}
         self._refreshing: set[str] = set()
         self._nursery: trio.Nursery | None = None
@@ -120,6 +121,13 @@ class CharacterService:
         self._metrics.cache_result("memory", "hit")
         return answer, _age(now, answer.fetched_at)
 
+    def fresh_search(self, query: SearchQuery) -> tuple[Answer, int] | None:
+        """:meth:`fresh` for a search, while searches are still name prefixes upstream;
+        None once the local read model answers them."""
+        if self._catalog is not None and self._catalog.synced:
+            return None
+        return self.fresh(query.upstream_query().cache_key())
+
     # --- the use cases -------------------------------------------------------------------------
 
     async def list(self, query: CharacterQuery) -> Served:
@@ -135,25 +143,37 @@ class CharacterService:
         """One character by Marvel's id; NotFound when the upstream has none (remembered for
         the short negative TTL)."""
         check_character_id(marvel_id)
+        key = character_key(marvel_id)
+        if self._catalog is not None and await self._catalog.is_synced():
+            local = await self._catalog.get(marvel_id)
+            if local is not None:  # else new upstream and not synced yet: read through
+                page = _one_page((local,))
+                return Served(self._local_answer(key, page), CacheStatus.HIT, 0)
 
         async def fetch(etag: str | None) -> CharacterPage:
             try:
-                found: tuple[Character, ...] = (await self._upstream.get_character(marvel_id),)
+                return _one_page((await self._upstream.get_character(marvel_id),))
             except NotFound:
-                found = ()
-            return CharacterPage(
-                characters=found,
-                offset=0,
-                limit=1,
-                total=len(found),
-                count=len(found),
-                attribution_text=ATTRIBUTION,
-            )
+                return _one_page(())
 
-        served = await self._serve(character_key(marvel_id), fetch)
+        served = await self._serve(key, fetch)
         if not served.page.characters:
             raise NotFound(f"character {marvel_id} not found")
         return served
+
+    async def search(self, query: SearchQuery) -> Served:
+        """Free-text search: the local full-text index once synced (always fresh: changes
+        update it), else a name prefix upstream, through the cache."""
+        if self._catalog is not None and await self._catalog.is_synced():
+            page = await self._catalog.search(query)
+            key = f"search?{query.text}"
+            age = await self._catalog.age_seconds()
+            return Served(self._local_answer(key, page), CacheStatus.HIT, age)
+        return await self.list(query.upstream_query())
+
+    def _local_answer(self, key: str, page: CharacterPage) -> Answer:
+        now = self._clock()
+        return Answer(key, page, now, now, None, self._encode(key, page))
 
     async def purge(self, *, key: str = "", marvel_id: int = 0, everything: bool = False) -> int:
         """Drop answers from both tiers: one key, every answer holding a character, or all.
@@ -253,7 +273,8 @@ class CharacterService:
             page = held.page
         now = self._clock()
         expires = self._policy.expires_at(page, now)
-        await self._store.cache.put(key, page, now=now, expires_at=expires)
+        # The put records what changed (events) and drops the other answers it made stale.
+        self._memory.forget(await self._store.cache.put(key, page, now=now, expires_at=expires))
         answer = Answer(
             key=key,
             page=page,
@@ -323,6 +344,17 @@ class CharacterService:
         self._memory.forget([k for k, a in self._memory.items() if a.expires_at <= horizon])
         self._metrics.cache_entries.labels(tier="sqlite").set(await self._store.cache.count())
         return removed
+
+
+def _one_page(found: tuple[Character, ...]) -> CharacterPage:
+    return CharacterPage(
+        characters=found,
+        offset=0,
+        limit=1,
+        total=len(found),
+        count=len(found),
+        attribution_text=ATTRIBUTION,
+    )
 
 
 def _age(now: datetime, since: datetime) -> int:

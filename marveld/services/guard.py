@@ -66,19 +66,16 @@ class CallBudget:
         """Load today's spending from the store, then save it whenever it changes, so a
         restart cannot grant a fresh budget. The write after the last call may be lost in a
         crash; nothing else is."""
-        saved = await store.state.get(BUDGET_STATE_KEY)
-        if saved is not None:
-            day, _, used = saved.partition(" ")
-            if day == self._day.isoformat():
-                self._used = max(self._used, int(used))
+        saved = await store.sync_state.get(BUDGET_STATE_KEY)
+        if isinstance(saved, dict) and saved.get("day") == self._day.isoformat():
+            self._used = max(self._used, int(saved.get("used", 0)))
         self._changed()
         task_status.started()
         while True:
             await self._dirty.wait()
             self._dirty = trio.Event()
-            await store.state.set(
-                BUDGET_STATE_KEY, f"{self._day.isoformat()} {self._used}", self._clock()
-            )
+            state = {"day": self._day.isoformat(), "used": self._used}
+            await store.sync_state.put({BUDGET_STATE_KEY: state}, self._clock())
 
     def spend(self, purpose: str) -> None:
         """Take one call, or raise BudgetSpent (with the seconds until the budget renews)."""

@@ -4,7 +4,9 @@ Marvel retired its developer API in 2025; marveld still speaks the real protocol
 this simulator as its upstream for the demo, the tests and the benchmarks. It serves
 ``GET /v1/public/characters`` and ``/v1/public/characters/{id}`` with Marvel's auth, errors,
 envelope, etag and gzip, a daily quota, and injected latency and failures, plus
-``GET /_sim/stats``. Start it with ``await nursery.start(run_sim, SimOptions(...))``.
+``GET /_sim/stats`` and webhook simulation (``POST /_sim/characters[/{id}]`` changes a
+character and sends a signed webhook; ``--churn``). Start it with
+``await nursery.start(run_sim, SimOptions(...))``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The simulator's ASGI app: Marvel's character endpoints, ``/_sim/stats``, gzip, and a
-front door that adds latency and injects failures."""
+"""The simulator's ASGI app: Marvel's character endpoints, ``/_sim/stats``, the change
+endpoints of ``editor.py``, gzip, and a front door that adds latency and injects failures."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from marveld.sim import errors
 from marveld.sim.auth import check_credentials
 from marveld.sim.catalogue import Entry
+from marveld.sim.editor import EDIT_PATH, Editor, EditorApi
 from marveld.sim.params import DEFAULT_LIMIT, check_known, last_values, parse_list_query
 from marveld.sim.render import JSON_TYPE, etag_matches, render_page
 from marveld.sim.state import Fault, SimState
@@ -36,13 +37,16 @@ RESET_PROMISED_BYTES = 4096
 MAX_ID_DIGITS = 18
 
 
-def build_app(state: SimState) -> ASGIApp:
+def build_app(state: SimState, editor: Editor) -> ASGIApp:
     """The whole simulator as one ASGI app, outermost first: front door, gzip, routes."""
     api = CharacterApi(state)
+    edits = EditorApi(editor)
     routes = [
         Route(CHARACTERS_PATH, api.list_characters, methods=["GET"]),
         Route(CHARACTERS_PATH + "/{character_id}", api.get_character, methods=["GET"]),
         Route(STATS_PATH, api.stats, methods=["GET"]),
+        Route(EDIT_PATH, edits.add_character, methods=["POST"]),
+        Route(EDIT_PATH + "/{character_id}", edits.update_character, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

@@ -97,16 +97,20 @@ class Selection:
 
 
 class Catalogue:
-    """An immutable set of characters, kept in Marvel's default order."""
+    """A set of characters, kept in Marvel's default order. It changes only through
+    :meth:`put` (the simulator's change endpoints), which re-sorts it."""
 
     def __init__(self, characters: Iterable[Mapping[str, Any]]) -> None:
         entries = [Entry.from_raw(raw) for raw in characters]
+        if len({e.id for e in entries}) != len(entries):
+            raise DatasetError("character ids are not unique")
+        self._index(entries)
+
+    def _index(self, entries: list[Entry]) -> None:
         entries.sort(key=lambda e: -e.id)
         entries.sort(key=lambda e: e.sort_name)  # stable: ties keep the descending id
         self._by_name: tuple[Entry, ...] = tuple(entries)
         self._by_id = {e.id: e for e in entries}
-        if len(self._by_id) != len(entries):
-            raise DatasetError("character ids are not unique")
         self._orders: dict[tuple[str, ...], tuple[Entry, ...]] = {(): self._by_name}
 
     def __len__(self) -> int:
@@ -114,6 +118,21 @@ class Catalogue:
 
     def get(self, character_id: int) -> Entry | None:
         return self._by_id.get(character_id)
+
+    def put(self, raw: Mapping[str, Any]) -> Entry:
+        """Add a character, or replace the one with its id; DatasetError if malformed."""
+        _check_character(raw, f"character {raw.get('id')!r}")
+        entry = Entry.from_raw(raw)
+        self._index([e for e in self._by_name if e.id != entry.id] + [entry])
+        return entry
+
+    def ids(self) -> list[int]:
+        """Every id, ascending."""
+        return sorted(self._by_id)
+
+    def next_id(self) -> int:
+        """An id no character has: one more than the highest."""
+        return max(self._by_id, default=0) + 1
 
     def select(self, selection: Selection) -> list[Entry]:
         """Every entry the selection matches, in its order."""

@@ -69,6 +69,11 @@ def invalid_filter_value(noun: str) -> ApiError:
     return conflict(f"You must pass at least one valid {noun} id if you set the {noun} filter.")
 
 
+def bad_change(text: str) -> ApiError:
+    """The simulator's own: a change to ``/_sim/characters`` it cannot make."""
+    return ApiError(400, {"code": 400, "status": text})
+
+
 def character_not_found() -> ApiError:
     return ApiError(404, {"code": 404, "status": "We couldn't find that character"})
 

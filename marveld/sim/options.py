@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_CLI_PORT = 8089
 DEFAULT_PUBLIC_KEY = "sim-public"
 DEFAULT_PRIVATE_KEY = "sim-private"
+MAX_CHURN = 60_000.0
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class SimOptions:
     public_key: str = DEFAULT_PUBLIC_KEY
     private_key: str = DEFAULT_PRIVATE_KEY
     seed: int = 0
+    # The HMAC key of the webhooks it sends (MARVELD_WEBHOOK_SECRET).
+    webhook_secret: str | None = field(default=None, repr=False)
+    churn: float = 0.0  # random changes a minute, 0 for none
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -41,6 +45,10 @@ class SimOptions:
             raise ValueError(f"daily_limit must be >= 0, not {self.daily_limit}")
         if not self.public_key or not self.private_key:
             raise ValueError("public_key and private_key must not be empty")
+        if self.webhook_url is not None and not self.webhook_secret:
+            raise ValueError("webhook_url needs a webhook_secret (MARVELD_WEBHOOK_SECRET)")
+        if not 0 <= self.churn <= MAX_CHURN:  # also refuses NaN
+            raise ValueError(f"churn must be 0..{MAX_CHURN} changes a minute, not {self.churn}")
 
 
 def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +78,17 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="calls per public key per UTC day before 429 (default: unlimited)",
     )
-    parser.add_argument("--webhook-url", default=None, help="where to POST change notifications")
+    parser.add_argument(
+        "--webhook-url",
+        default=None,
+        help="where to POST signed change webhooks (needs MARVELD_WEBHOOK_SECRET)",
+    )
+    parser.add_argument(
+        "--churn",
+        type=float,
+        default=0.0,
+        help="random changes a minute (each sends a webhook), for demos; seeded by --seed",
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for failures and the generated catalogue"
     )
@@ -78,7 +96,8 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> SimOptions:
     """Options from parsed arguments; keys from ``MARVEL_PUBLIC_KEY`` / ``MARVEL_PRIVATE_KEY``
-    (or their ``*_FILE`` variants) in ``env``, else the simulator's default keys."""
+    (or their ``*_FILE`` variants) in ``env``, else the simulator's default keys; the
+    webhook key from ``MARVELD_WEBHOOK_SECRET`` (or ``_FILE``)."""
     return SimOptions(
         host=args.host,
         port=args.port,
@@ -90,6 +109,8 @@ def options_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> SimOp
         public_key=_secret(env, "MARVEL_PUBLIC_KEY") or DEFAULT_PUBLIC_KEY,
         private_key=_secret(env, "MARVEL_PRIVATE_KEY") or DEFAULT_PRIVATE_KEY,
         seed=args.seed,
+        webhook_secret=_secret(env, "MARVELD_WEBHOOK_SECRET"),
+        churn=args.churn,
     )
 
 

@@ -10,9 +10,11 @@ import trio
 
 from marveld.sim.app import API_ROOT, build_app
 from marveld.sim.catalogue import Catalogue, load_dataset
+from marveld.sim.editor import Editor
 from marveld.sim.generate import generate_characters
 from marveld.sim.options import SimOptions
 from marveld.sim.state import SimState
+from marveld.sim.webhooks import send_webhooks
 from marveld.web.server import serve_asgi
 
 log = logging.getLogger(__name__)
@@ -20,11 +22,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SimHandle:
-    """A running simulator. ``url`` is the base URL marveld's ``upstream.url`` takes."""
+    """A running simulator. ``url`` is the base URL marveld's ``upstream.url`` takes;
+    ``editor`` changes its characters as the ``/_sim/characters`` endpoints do."""
 
     port: int
     url: str
     state: SimState
+    editor: Editor
 
 
 async def run_sim(
@@ -34,13 +38,18 @@ async def run_sim(
     listens. A dataset that cannot be read raises ``DatasetError`` before anything listens."""
     catalogue = await trio.to_thread.run_sync(build_catalogue, options)
     state = SimState(catalogue, options)
-    app = build_app(state)
+    editor = Editor(state)
+    app = build_app(state, editor)
     async with trio.open_nursery() as nursery:
+        await nursery.start(send_webhooks, state)
         serve = partial(serve_asgi, app, options.host, options.port, name="sim")
         port: int = await nursery.start(serve)
         url = base_url(options.host, port)
         log.info("marveld sim serving %d characters on %s", len(catalogue), url)
-        task_status.started(SimHandle(port=port, url=url, state=state))
+        if options.churn > 0:
+            nursery.start_soon(editor.churn, options.churn, options.seed)
+            log.info("churning: %g random changes a minute", options.churn)
+        task_status.started(SimHandle(port=port, url=url, state=state, editor=editor))
 
 
 def build_catalogue(options: SimOptions) -> Catalogue:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import enum
 import random
 
+import trio
+
 from marveld.sim.auth import Clock, DailyQuota, utc_now
 from marveld.sim.catalogue import Catalogue
 from marveld.sim.options import SimOptions
+
+# Webhooks waiting to be sent; past this many the newest are dropped (with a warning).
+WEBHOOK_QUEUE = 1000
 
 
 class Fault(enum.Enum):
@@ -20,10 +25,11 @@ class Fault(enum.Enum):
 class SimState:
     """Everything that changes while the simulator runs. Created by ``run_sim``.
 
-    ``latency_ms``, ``fail_rate`` and ``daily_limit`` may be changed at run time. The
-    counters: ``requests`` (character API calls received, refused ones included),
-    ``served`` (200 and 304 answers), ``throttled`` (429s) and ``failed`` (injected 500s
-    and dropped connections).
+    ``latency_ms``, ``fail_rate``, ``daily_limit``, ``webhook_url`` and ``webhook_secret``
+    may be changed at run time. The counters: ``requests`` (character API calls received,
+    refused ones included), ``served`` (200 and 304 answers), ``throttled`` (429s),
+    ``failed`` (injected 500s and dropped connections), ``changes`` (characters changed or
+    added), ``webhooks_sent`` (answered 2xx) and ``webhooks_failed`` (given up).
     """
 
     def __init__(self, catalogue: Catalogue, options: SimOptions, clock: Clock = utc_now) -> None:
@@ -34,12 +40,18 @@ class SimState:
         self.fail_rate = options.fail_rate
         self.daily_limit = options.daily_limit
         self.webhook_url = options.webhook_url
+        self.webhook_secret = options.webhook_secret
+        self.clock = clock
         self.quota = DailyQuota(clock)
         self.requests = 0
         self.served = 0
         self.throttled = 0
         self.failed = 0
+        self.changes = 0
+        self.webhooks_sent = 0
+        self.webhooks_failed = 0
         self._rng = random.Random(options.seed)
+        self.webhook_queue, self.webhook_backlog = trio.open_memory_channel[bytes](WEBHOOK_QUEUE)
 
     def roll_fault(self) -> Fault | None:
         """One draw per call, so a seed gives the same sequence of failures: with

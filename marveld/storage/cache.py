@@ -7,10 +7,12 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
+from marveld.domain.changes import Provenance
 from marveld.domain.characters import CharacterPage
-from marveld.storage.characters import upsert_characters
+from marveld.storage.changes import apply_changes
 from marveld.storage.codec import dump_json, load_json, text_to_time, time_to_text
 from marveld.storage.database import Database
+from marveld.storage.sync_state import first_sync_done
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +60,28 @@ class CacheRepo:
 
     async def put(
         self, key: str, page: CharacterPage, *, now: datetime, expires_at: datetime
-    ) -> None:
-        """Store (or refresh) the page under ``key`` and upsert its characters, in ONE
-        transaction."""
+    ) -> tuple[str, ...]:
+        """Store (or refresh) the page under ``key`` and apply its characters through the
+        diff (events, read table, invalidation; correlation id ``read-through:<key>``), in
+        ONE transaction. Returns the OTHER cache keys the changes invalidated, for the
+        memory tier to drop too."""
         stamp, expires = time_to_text(now), time_to_text(expires_at)
         ids = list(dict.fromkeys(c.id for c in page.characters))
         body = dump_json(page.to_json())
+        cause = f"read-through:{key}"
+        provenance = Provenance(source="read_through", correlation_id=cause, causation_id=cause)
 
-        def upsert(conn: sqlite3.Connection) -> None:
+        def upsert(conn: sqlite3.Connection) -> tuple[str, ...]:
+            # Before the first full sync a character seen for the first time may be an old
+            # one: only entries that hold a changed character are invalidated then.
+            result = apply_changes(
+                conn,
+                page.characters,
+                provenance=provenance,
+                now=now,
+                match_added=first_sync_done(conn),
+                keep_key=key,
+            )
             cache_id = conn.execute(
                 "INSERT INTO cache (cache_key, characters, etag, character_ids,"
                 " created_at, updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -81,9 +97,9 @@ class CacheRepo:
                 "INSERT INTO cache_characters (cache_id, marvel_id) VALUES (?, ?)",
                 [(cache_id, marvel_id) for marvel_id in ids],
             )
-            upsert_characters(conn, page.characters, now)
+            return result.forgotten
 
-        await self._db.write(upsert)
+        return await self._db.write(upsert)
 
     async def delete_expired(self, now: datetime) -> int:
         """Remove entries with ``expires_at <= now``; returns how many."""

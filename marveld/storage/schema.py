@@ -11,9 +11,13 @@ order and range queries work on the text.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sqlite3
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from marveld.storage.errors import SchemaTooNew
 
@@ -174,7 +178,94 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial,)
+_V2_STATEMENTS: tuple[str, ...] = (
+    # Signed webhook deliveries, by the signature's v1 value: a delivery seen twice is
+    # applied once, and one received but not yet applied (applied_at NULL) survives a
+    # restart. ids is the JSON array of character ids it names.
+    """
+    CREATE TABLE webhook_deliveries (
+        id           TEXT PRIMARY KEY,
+        type         TEXT NOT NULL,
+        ids          TEXT NOT NULL,
+        occurred_at  TEXT,
+        received_at  TEXT NOT NULL,
+        applied_at   TEXT
+    )
+    """,
+    """
+    CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (received_at)
+    WHERE applied_at IS NULL
+    """,
+    # What one sync run or delivery caused (the bulk import of the first sync, say).
+    "CREATE INDEX events_correlation_id ON events (correlation_id)",
+)
+
+
+_V2_MARVEL_TIME = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)([+-]\d\d):?(\d\d)$")
+
+
+def _v2_time(text: str) -> str | None:
+    """Marvel's ``modified`` in the store's time format; None for a placeholder. A copy
+    frozen with this migration, so later changes elsewhere cannot change what it did."""
+    match = _V2_MARVEL_TIME.match(text)
+    if match is None or match.group(1) == "0000":
+        return None
+    y, mo, d, h, mi, sec, oh, om = match.groups()
+    try:
+        value = datetime.fromisoformat(f"{y}-{mo}-{d}T{h}:{mi}:{sec}{oh}:{om}")
+    except ValueError:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _v2_change_detection(conn: sqlite3.Connection) -> None:
+    """The deliveries table, and the event log and read table caught up with the
+    characters stored before they existed: each gets a CharacterAdded (correlation id
+    ``migration:2``, a bulk import that notifies nobody) and its read row."""
+    for statement in _V2_STATEMENTS:
+        conn.execute(statement)
+    rows = conn.execute(
+        "SELECT marvel_id, name, description, image_url, modified, data, created_at"
+        " FROM characters ORDER BY created_at, marvel_id"
+    ).fetchall()
+    conn.executemany(
+        "INSERT INTO events (id, stream_id, causation_id, correlation_id, type, created_at,"
+        " occurred_at, data) VALUES (?, ?, 'migration:2', 'migration:2', 'CharacterAdded',"
+        " ?, ?, ?)",
+        [
+            (
+                str(uuid.uuid4()),
+                f"character-{marvel_id}",
+                created_at,
+                _v2_time(modified) or created_at,
+                json.dumps(
+                    {"marvel_id": marvel_id, "name": name, "character": json.loads(data)},
+                    ensure_ascii=False,
+                    separators=(",", ":"),
+                ),
+            )
+            for marvel_id, name, _, _, modified, data, created_at in rows
+        ],
+    )
+    conn.executemany(
+        "INSERT INTO character_reads (marvel_id, name, name_folded, description, image_url,"
+        " modified_at, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                marvel_id,
+                name,
+                name.casefold().rstrip(" "),
+                description,
+                image_url,
+                _v2_time(modified),
+                data,
+            )
+            for marvel_id, name, description, image_url, modified, data, _ in rows
+        ],
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_change_detection)
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -9,10 +9,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from marveld.storage.cache import CacheRepo
+from marveld.storage.changes import ChangeRepo
 from marveld.storage.characters import CharacterRepo
 from marveld.storage.database import DEFAULT_READERS, Database
-from marveld.storage.state import StateRepo
+from marveld.storage.reads import ReadRepo
+from marveld.storage.sync_state import SyncStateRepo
 from marveld.storage.users import UserRepo
+from marveld.storage.webhooks import WebhookRepo
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +26,20 @@ class Store:
     users: UserRepo
     characters: CharacterRepo
     cache: CacheRepo
-    state: StateRepo
+    changes: ChangeRepo
+    reads: ReadRepo
+    sync_state: SyncStateRepo
+    webhooks: WebhookRepo
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self.users = UserRepo(db)
         self.characters = CharacterRepo(db)
         self.cache = CacheRepo(db)
-        self.state = StateRepo(db)
+        self.changes = ChangeRepo(db)
+        self.reads = ReadRepo(db)
+        self.sync_state = SyncStateRepo(db)
+        self.webhooks = WebhookRepo(db)
 
     @classmethod
     @asynccontextmanager

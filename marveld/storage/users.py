@@ -14,6 +14,7 @@ from marveld.storage.database import Database
 
 log = logging.getLogger(__name__)
 
+ROLES = ("user", "admin")
 _COLUMNS = "id, name, email, password, role, created_at, updated_at, deleted_at"
 
 

@@ -1,21 +1,29 @@
-"""The ASGI app of the HTTP port: ``/metrics``, ``/healthz`` and ``/readyz``."""
+"""The ASGI app of the HTTP port: ``/metrics``, ``/healthz``, ``/readyz`` and the routes
+the composition root adds (the webhook receiver, ``web/webhooks.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from marveld.metrics import Metrics
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
 
 
-def build_app(metrics: Metrics, ready: ReadyCheck) -> Starlette:
-    """``ready`` answers each readiness condition by name; all true means ready."""
+def build_app(
+    metrics: Metrics,
+    ready: ReadyCheck,
+    *,
+    routes: Sequence[BaseRoute] = (),
+    informational: Collection[str] = (),
+) -> Starlette:
+    """``ready`` answers each readiness condition by name; all true means ready, except
+    the ``informational`` ones, which are reported but do not gate readiness."""
 
     async def metrics_endpoint(request: Request) -> Response:
         body, content_type = metrics.exposition()
@@ -26,7 +34,7 @@ def build_app(metrics: Metrics, ready: ReadyCheck) -> Starlette:
 
     async def readyz(request: Request) -> Response:
         checks = await ready()
-        ok = all(checks.values())
+        ok = all(passed for name, passed in checks.items() if name not in informational)
         return JSONResponse(
             {"status": "ready" if ok else "not ready", "checks": checks},
             status_code=200 if ok else 503,
@@ -37,5 +45,6 @@ def build_app(metrics: Metrics, ready: ReadyCheck) -> Starlette:
             Route("/metrics", metrics_endpoint),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            *routes,
         ]
     )

@@ -23,6 +23,8 @@ __all__ = (
     "PurgeCacheResponse",
     "RegisterRequest",
     "SearchCharactersRequest",
+    "TriggerSyncRequest",
+    "TriggerSyncResponse",
     "UserProfile",
     "UserServiceBase",
     "UserServiceStub",
@@ -400,6 +402,62 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class TriggerSyncRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return MARVEL_V1_ADMIN_PROTO_DESCRIPTOR.message_types_by_name["TriggerSyncRequest"]
+
+    pass
+
+
+default_message_pool.register_message("marvel.v1", "TriggerSyncRequest", TriggerSyncRequest)
+
+
+@dataclass(eq=False, repr=False)
+class TriggerSyncResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return MARVEL_V1_ADMIN_PROTO_DESCRIPTOR.message_types_by_name["TriggerSyncResponse"]
+
+    kind: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    "bootstrap" (the first full sync) or "poll".
+    """
+
+    pages_fetched: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    Upstream pages fetched (answered 200).
+    """
+
+    added: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    Characters added and updated by this sync.
+    """
+
+    updated: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+
+    upstream_calls: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    """
+    Upstream list calls made, 304s included.
+    """
+
+    not_modified: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+    """
+    The upstream answered 304: nothing changed since the last poll.
+    """
+
+    run_id: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    The run's id; its events carry correlation id "<kind>:<run_id>".
+    """
+
+
+default_message_pool.register_message("marvel.v1", "TriggerSyncResponse", TriggerSyncResponse)
+
+
+@dataclass(eq=False, repr=False)
 class UserProfile(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
@@ -426,9 +484,34 @@ default_message_pool.register_message("marvel.v1", "UserProfile", UserProfile)
 
 class AdminServiceStub(betterproto2_grpclib.ServiceStub):
     """
-    Operator calls. Need `authorization: Bearer <token>` of a user with the admin role;
-    PERMISSION_DENIED otherwise.
+    Operations for administrators. Needs `authorization: Bearer <token>` of a user with the
+    admin role; others get PERMISSION_DENIED.
     """
+
+    async def trigger_sync(
+        self,
+        message: "TriggerSyncRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "TriggerSyncResponse":
+        """
+        Runs one sync with the upstream now and waits for it: the first full sync if it has
+        not completed yet, else a poll for what changed since the last one.
+        """
+
+        if message is None:
+            message = TriggerSyncRequest()
+
+        return await self._unary_unary(
+            "/marvel.v1.AdminService/TriggerSync",
+            message,
+            TriggerSyncResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
 
     async def purge_cache(
         self,
@@ -599,7 +682,7 @@ class UserServiceStub(betterproto2_grpclib.ServiceStub):
 from ...google import protobuf as __google__protobuf__
 
 MARVEL_V1_ADMIN_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
-    b'\n\x15marvel/v1/admin.proto\x12\tmarvel.v1"j\n\x11PurgeCacheRequest\x12\x12\n\x03key\x18\x01 \x01(\tH\x00R\x03key\x12#\n\x0ccharacter_id\x18\x02 \x01(\x03H\x00R\x0bcharacterId\x12\x12\n\x03all\x18\x03 \x01(\x08H\x00R\x03allB\x08\n\x06target".\n\x12PurgeCacheResponse\x12\x18\n\x07removed\x18\x01 \x01(\x03R\x07removed2Y\n\x0cAdminService\x12I\n\nPurgeCache\x12\x1c.marvel.v1.PurgeCacheRequest\x1a\x1d.marvel.v1.PurgeCacheResponseb\x06proto3'
+    b'\n\x15marvel/v1/admin.proto\x12\tmarvel.v1"\x14\n\x12TriggerSyncRequest"\xdf\x01\n\x13TriggerSyncResponse\x12\x12\n\x04kind\x18\x01 \x01(\tR\x04kind\x12#\n\rpages_fetched\x18\x02 \x01(\x05R\x0cpagesFetched\x12\x14\n\x05added\x18\x03 \x01(\x05R\x05added\x12\x18\n\x07updated\x18\x04 \x01(\x05R\x07updated\x12%\n\x0eupstream_calls\x18\x05 \x01(\x05R\rupstreamCalls\x12!\n\x0cnot_modified\x18\x06 \x01(\x08R\x0bnotModified\x12\x15\n\x06run_id\x18\x07 \x01(\tR\x05runId"j\n\x11PurgeCacheRequest\x12\x12\n\x03key\x18\x01 \x01(\tH\x00R\x03key\x12#\n\x0ccharacter_id\x18\x02 \x01(\x03H\x00R\x0bcharacterId\x12\x12\n\x03all\x18\x03 \x01(\x08H\x00R\x03allB\x08\n\x06target".\n\x12PurgeCacheResponse\x12\x18\n\x07removed\x18\x01 \x01(\x03R\x07removed2\xa7\x01\n\x0cAdminService\x12L\n\x0bTriggerSync\x12\x1d.marvel.v1.TriggerSyncRequest\x1a\x1e.marvel.v1.TriggerSyncResponse\x12I\n\nPurgeCache\x12\x1c.marvel.v1.PurgeCacheRequest\x1a\x1d.marvel.v1.PurgeCacheResponseb\x06proto3'
 )
 MARVEL_V1_USERS_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
     b'\n\x15marvel/v1/users.proto\x12\tmarvel.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\x15\n\x13GetMyProfileRequest"\xbd\x01\n\x0bUserProfile\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n\x05email\x18\x03 \x01(\tR\x05email\x129\n\ncreated_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt2U\n\x0bUserService\x12F\n\x0cGetMyProfile\x12\x1e.marvel.v1.GetMyProfileRequest\x1a\x16.marvel.v1.UserProfileb\x06proto3'
@@ -614,9 +697,17 @@ MARVEL_V1_CHARACTERS_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.Add
 
 class AdminServiceBase(betterproto2_grpclib.ServiceBase):
     """
-    Operator calls. Need `authorization: Bearer <token>` of a user with the admin role;
-    PERMISSION_DENIED otherwise.
+    Operations for administrators. Needs `authorization: Bearer <token>` of a user with the
+    admin role; others get PERMISSION_DENIED.
     """
+
+    async def trigger_sync(self, message: "TriggerSyncRequest") -> "TriggerSyncResponse":
+        """
+        Runs one sync with the upstream now and waits for it: the first full sync if it has
+        not completed yet, else a poll for what changed since the last one.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def purge_cache(self, message: "PurgeCacheRequest") -> "PurgeCacheResponse":
         """
@@ -624,6 +715,14 @@ class AdminServiceBase(betterproto2_grpclib.ServiceBase):
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def __rpc_trigger_sync(
+        self, stream: "grpclib.server.Stream[TriggerSyncRequest, TriggerSyncResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.trigger_sync(request)
+        await stream.send_message(response)
 
     async def __rpc_purge_cache(
         self, stream: "grpclib.server.Stream[PurgeCacheRequest, PurgeCacheResponse]"
@@ -635,6 +734,12 @@ class AdminServiceBase(betterproto2_grpclib.ServiceBase):
 
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
+            "/marvel.v1.AdminService/TriggerSync": grpclib.const.Handler(
+                self.__rpc_trigger_sync,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                TriggerSyncRequest,
+                TriggerSyncResponse,
+            ),
             "/marvel.v1.AdminService/PurgeCache": grpclib.const.Handler(
                 self.__rpc_purge_cache,
                 grpclib.const.Cardinality.UNARY_UNARY,

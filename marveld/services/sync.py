@@ -1,0 +1,262 @@
+"""Syncs with the upstream: the first full sync (bootstrap) and the polls after it.
+
+Every batch of upstream characters, from any path, is applied by :meth:`SyncService.apply`:
+one transaction (``storage.changes``), then the metrics, then ``forget_cached`` with the
+cache keys the batch invalidated, for the memory tier in front of SQLite.
+
+- **Bootstrap** pages through ``/characters?orderBy=modified&limit=100&offset=N``. Each
+  page is one transaction that also records the next offset, so a killed process resumes
+  where it stopped, under the same run id. Its events are a bulk import (correlation id
+  ``bootstrap:<run>``, ``sync.bootstrap`` says ``"bulk": true``): they notify nobody.
+- **Poll** asks for ``modifiedSince=<newest modified seen>&orderBy=modified&limit=100``
+  with ``If-None-Match`` set to the etag of that same first page last time, so an
+  unchanged poll costs one call answered 304. Later pages are asked for by keyset
+  (``modifiedSince`` = the last ``modified`` seen, ``offset`` = how many with that time
+  were seen), so a character changing mid-poll cannot shift one past the pages. Each page
+  advances the checkpoint in its own transaction: a failed poll loses no place.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import urlencode
+
+import trio
+
+from marveld.domain.changes import Provenance
+from marveld.domain.characters import Character
+from marveld.metrics import Metrics
+from marveld.services.guard import POLLER
+from marveld.storage import BatchResult, Store
+from marveld.storage.sync_state import BOOTSTRAP, LAST_COMPLETED, POLL_CHECKPOINT, POLL_FIRST_PAGE
+from marveld.upstream import MarvelClient
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE: Final = 100  # Marvel's largest page
+BOOTSTRAP_KIND: Final = "bootstrap"
+POLL_KIND: Final = "poll"
+
+ForgetCached = Callable[[Collection[str]], None]
+"""Called after each committed batch with the cache keys it deleted from SQLite."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    """One sync run. ``calls`` counts list calls (``pages`` of them answered 200)."""
+
+    kind: str
+    run_id: str
+    pages: int = 0
+    calls: int = 0
+    not_modified: bool = False
+    added: int = 0
+    updated: int = 0
+
+    @property
+    def outcome(self) -> str:
+        if self.not_modified:
+            return "not_modified"
+        return "changed" if self.added or self.updated else "unchanged"
+
+
+class SyncService:
+    def __init__(
+        self,
+        store: Store,
+        upstream: MarvelClient,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        forget_cached: ForgetCached,
+        *,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self._store = store
+        self._upstream = upstream
+        self._metrics = metrics
+        self._clock = clock
+        self._forget = forget_cached
+        self._page_size = page_size
+        self._running = trio.Lock()
+
+    async def first_sync_done(self) -> bool:
+        return await self._store.sync_state.first_sync_done()
+
+    async def last_completed(self) -> datetime | None:
+        """When the last sync that ended well ended (by the clock passed in)."""
+        completed = await self._store.sync_state.get(LAST_COMPLETED)
+        return None if not completed else datetime.fromisoformat(completed["at"])
+
+    async def apply(
+        self,
+        characters: Sequence[Character],
+        provenance: Provenance,
+        *,
+        match_added: bool = True,
+        state: Mapping[str, Any] | None = None,
+        delivery_id: str | None = None,
+    ) -> BatchResult:
+        """Apply one batch in one transaction; then count it and forget its cache keys."""
+        result = await self._store.changes.apply(
+            characters,
+            provenance=provenance,
+            now=self._clock(),
+            match_added=match_added,
+            state=state,
+            delivery_id=delivery_id,
+        )
+        self._metrics.batch_applied(
+            provenance.source, result.added, result.updated, [e.type for e in result.events]
+        )
+        if result.forgotten:
+            self._forget(result.forgotten)
+        return result
+
+    async def run_once(self) -> SyncReport:
+        """One sync now, after any that is running: the bootstrap until it has completed
+        (resuming a killed one), then a poll. Raises UpstreamError when the upstream fails
+        (what was applied before stays applied)."""
+        async with self._running:
+            kind = POLL_KIND if await self.first_sync_done() else BOOTSTRAP_KIND
+            started = trio.current_time()
+            try:
+                report = await (self._poll() if kind == POLL_KIND else self._bootstrap())
+            except Exception:
+                self._metrics.sync_run(kind, "failed", trio.current_time() - started)
+                raise
+            self._metrics.sync_run(kind, report.outcome, trio.current_time() - started)
+            log.info(
+                "%s %s: %d call(s), %d page(s)%s, %d added, %d updated",
+                kind,
+                report.run_id,
+                report.calls,
+                report.pages,
+                " (not modified)" if report.not_modified else "",
+                report.added,
+                report.updated,
+            )
+            return report
+
+    async def _bootstrap(self) -> SyncReport:
+        saved: dict[str, Any] = await self._store.sync_state.get(BOOTSTRAP) or {}
+        run_id = saved.get("run_id") or str(uuid.uuid4())
+        offset = int(saved.get("next_offset", 0))
+        if offset:
+            log.info("resuming the first full sync %s at offset %d", run_id, offset)
+        cause = f"bootstrap:{run_id}"
+        provenance = Provenance(source="bootstrap", correlation_id=cause, causation_id=cause)
+        progress: dict[str, Any] = {
+            "run_id": run_id,
+            "correlation_id": cause,
+            "bulk": True,
+            "started_at": saved.get("started_at") or _text(self._clock()),
+            "completed_at": None,
+            "next_offset": offset,
+            "newest": saved.get("newest"),
+        }
+        report = SyncReport(kind=BOOTSTRAP_KIND, run_id=run_id)
+        while True:
+            params = {"orderBy": "modified", "limit": str(self._page_size), "offset": str(offset)}
+            page = await self._upstream.list_characters(params, purpose=POLLER)
+            assert page is not None  # no etag was sent
+            offset += len(page.characters)
+            done = len(page.characters) < self._page_size or offset >= page.total
+            progress |= {
+                "next_offset": offset,
+                "newest": _newest(progress["newest"], page.characters),
+            }
+            rows: dict[str, Any] = {BOOTSTRAP: progress}
+            if done:
+                now = _text(self._clock())
+                progress["completed_at"] = now
+                rows[POLL_CHECKPOINT] = {"modified_since": progress["newest"]}
+                rows[LAST_COMPLETED] = {"at": now, "kind": BOOTSTRAP_KIND, "run_id": run_id}
+            result = await self.apply(page.characters, provenance, match_added=False, state=rows)
+            report = _count(report, result)
+            if done:
+                return report
+
+    async def _poll(self) -> SyncReport:
+        run_id = str(uuid.uuid4())
+        cause = f"poll:{run_id}"
+        provenance = Provenance(source="poll", correlation_id=cause, causation_id=cause)
+        saved = await self._store.sync_state.get_many(POLL_CHECKPOINT, POLL_FIRST_PAGE)
+        since_text = (saved[POLL_CHECKPOINT] or {}).get("modified_since")
+        since = None if since_text is None else datetime.fromisoformat(since_text)
+        newest: str | None = since_text
+        skip = 0
+        first = True
+        report = SyncReport(kind=POLL_KIND, run_id=run_id)
+        while True:
+            params = self._poll_params(since, skip)
+            key = urlencode(sorted(params.items()))
+            stored = saved[POLL_FIRST_PAGE] or {}
+            etag = stored.get("etag") if first and stored.get("params") == key else None
+            page = await self._upstream.list_characters(params, etag=etag, purpose=POLLER)
+            if page is None:  # 304: nothing changed since the last poll
+                now = _text(self._clock())
+                completed = {"at": now, "kind": POLL_KIND, "run_id": run_id}
+                await self._store.sync_state.put({LAST_COMPLETED: completed}, self._clock())
+                return _count(report, BatchResult(), calls=1, not_modified=True)
+            newest = _newest(newest, page.characters)
+            rows: dict[str, Any] = {POLL_CHECKPOINT: {"modified_since": newest}}
+            if first:
+                rows[POLL_FIRST_PAGE] = {"params": key, "etag": page.etag}
+            done = len(page.characters) < self._page_size
+            if done:
+                now = _text(self._clock())
+                rows[LAST_COMPLETED] = {"at": now, "kind": POLL_KIND, "run_id": run_id}
+            result = await self.apply(page.characters, provenance, state=rows)
+            report = _count(report, result, calls=1, pages=1)
+            if done:
+                return report
+            last = page.characters[-1].modified
+            if last is not None and (since is None or last > since):
+                since, skip = last, sum(c.modified == last for c in page.characters)
+            else:
+                skip += len(page.characters)
+            first = False
+
+    def _poll_params(self, since: datetime | None, skip: int) -> dict[str, str]:
+        params = {"orderBy": "modified", "limit": str(self._page_size), "offset": str(skip)}
+        if since is not None:
+            params["modifiedSince"] = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+        return params
+
+
+def _text(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat()
+
+
+def _newest(current: str | None, characters: Iterable[Character]) -> str | None:
+    """The newest of ``current`` (text) and the characters' ``modified`` (placeholders
+    have none), as text."""
+    times = [c.modified for c in characters]
+    known = [t for t in times if t is not None]
+    if current is not None:
+        known.append(datetime.fromisoformat(current))
+    return _text(max(known)) if known else None
+
+
+def _count(
+    report: SyncReport,
+    result: BatchResult,
+    *,
+    calls: int = 1,
+    pages: int = 1,
+    not_modified: bool = False,
+) -> SyncReport:
+    return SyncReport(
+        kind=report.kind,
+        run_id=report.run_id,
+        pages=report.pages + (0 if not_modified else pages),
+        calls=report.calls + calls,
+        not_modified=not_modified,
+        added=report.added + result.added,
+        updated=report.updated + result.updated,
+    )
