@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -52,7 +53,7 @@ def _open_writer(path: Path) -> tuple[sqlite3.Connection, int]:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = _connect(path, reader=False)
     try:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _switch_to_wal(conn)
         if str(mode).lower() != "wal":
             log.warning("database %s: journal_mode is %s, not wal", path, mode)
         # With WAL, NORMAL keeps every transaction atomic and survives a process crash;
@@ -63,6 +64,20 @@ def _open_writer(path: Path) -> tuple[sqlite3.Connection, int]:
         conn.close()
         raise
     return conn, version
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> str:
+    """``PRAGMA journal_mode = WAL``. Switching takes an exclusive lock and SQLite does not
+    wait for it (no busy handler there): when another process or connection opens the same
+    new file at that moment, retry for up to the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _close_all(conns: list[sqlite3.Connection]) -> None:
