@@ -14,11 +14,12 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import trio
 
-from marveld import __version__, daemon
+from marveld import __version__, daemon, systemd
 from marveld.config import ConfigError, Settings, load_settings
 from marveld.sim import SimOptions, add_sim_arguments, options_from_args, run_sim
 
@@ -60,13 +61,16 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"marveld: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     _setup_logging(settings.log.level, settings.log.format)
-    sys.exit(_run_until_signal(lambda: serve(settings, demo=args.demo)))
+    notifier = systemd.Notifier.from_env(environ)
+    run = partial(serve, settings, demo=args.demo, notifier=notifier)
+    sys.exit(_run_until_signal(run, notifier))
 
 
 async def serve(
     settings: Settings,
     *,
     demo: bool = False,
+    notifier: systemd.Notifier | None = None,
     task_status: trio.TaskStatus[daemon.Endpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The daemon; with ``demo`` a simulator on a free port is its upstream."""
@@ -83,11 +87,13 @@ async def serve(
                 settings, upstream=dataclasses.replace(settings.upstream, url=handle.url)
             )
             log.info("demo: the simulator at %s stands in for the Marvel API", handle.url)
-        endpoints = await nursery.start(daemon.run, settings)
+        endpoints = await nursery.start(partial(daemon.run, settings, notifier=notifier))
         task_status.started(endpoints)
 
 
-def _run_until_signal(start: Callable[[], Awaitable[None]]) -> int:
+def _run_until_signal(
+    start: Callable[[], Awaitable[None]], notifier: systemd.Notifier | None = None
+) -> int:
     """Run ``start()`` until SIGINT or SIGTERM; a signal is a clean stop (exit status 0)."""
 
     async def runner() -> None:
@@ -97,6 +103,8 @@ def _run_until_signal(start: Callable[[], Awaitable[None]]) -> int:
                 async def wait_for_signal() -> None:
                     async for signum in signals:
                         log.info("%s received, shutting down", signal.Signals(signum).name)
+                        if notifier is not None:
+                            notifier.stopping()
                         nursery.cancel_scope.cancel()
                         return
 

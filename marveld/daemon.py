@@ -22,6 +22,7 @@ from marveld.services.memory_tier import MemoryTier
 from marveld.services.security import PasswordHasher, TokenIssuer, utc_now
 from marveld.services.users import UserService
 from marveld.storage import Store
+from marveld.systemd import Notifier
 from marveld.upstream import MarvelClient, RetryPolicy
 from marveld.web.app import build_app
 from marveld.web.server import serve_asgi
@@ -45,9 +46,12 @@ async def run(
     clock: Callable[[], datetime] = utc_now,
     monotonic: Callable[[], float] = time.monotonic,
     hasher: PasswordHasher | None = None,
+    notifier: Notifier | None = None,
     task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run marveld until cancelled. Readiness reports the bound ports."""
+    """Run marveld until cancelled. Readiness reports the bound ports (and, under systemd,
+    sends READY=1 and feeds the watchdog through ``notifier``)."""
+    notifier = notifier or Notifier(None)
     metrics = Metrics()
     secrets, up, cache = settings.secrets, settings.upstream, settings.cache
     budget = CallBudget(
@@ -134,4 +138,6 @@ async def run(
             # The poller (change detection) and the notifier join this nursery with the
             # issues that build them.
             log.info("marveld ready: grpc port %d, http port %d", grpc_port, http_port)
+            await nursery.start(notifier.keep_watchdog)
+            notifier.ready(f"serving: grpc port {grpc_port}, http port {http_port}")
             task_status.started(Endpoints(grpc_port=grpc_port, http_port=http_port))

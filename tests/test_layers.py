@@ -21,6 +21,7 @@ INTERNAL = {
     "grpc": {"domain", "services", "grpc", "proto", "metrics"},
     "web": {"domain", "services", "web", "metrics"},
     "sim": {"domain", "sim", "web"},
+    "systemd": set(),
 }
 # Where each third-party library may be imported (module path prefixes).
 OWNERS = {
