@@ -21,6 +21,7 @@ import trio
 
 from marveld import __version__, daemon, systemd
 from marveld.config import ConfigError, Settings, load_settings
+from marveld.correlation import CorrelationFilter, TextFormatter
 from marveld.sim import SimOptions, add_sim_arguments, options_from_args, run_sim
 
 log = logging.getLogger("marveld")
@@ -127,6 +128,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if correlation_id := getattr(record, "correlation_id", None):
+            entry["correlation_id"] = correlation_id
+        entry.update(getattr(record, "fields", {}))  # a request line's method, status, ...
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -139,8 +143,9 @@ def _setup_logging(level: str, fmt: str = "auto") -> None:
     handler.setFormatter(
         JsonFormatter()
         if as_json
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    handler.addFilter(CorrelationFilter())  # each request's lines carry its correlation id
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # httpx logs each request's URL at INFO, and Marvel's signature travels in the URL.
     logging.getLogger("httpx").setLevel(logging.WARNING)

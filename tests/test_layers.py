@@ -18,10 +18,11 @@ INTERNAL = {
     "storage": {"domain", "storage"},
     "upstream": {"domain", "upstream"},
     "services": {"domain", "storage", "upstream", "metrics", "services"},
-    "grpc": {"domain", "services", "grpc", "proto", "metrics"},
-    "web": {"domain", "services", "web", "metrics"},
+    "grpc": {"domain", "services", "grpc", "proto", "metrics", "correlation"},
+    "web": {"domain", "services", "web", "metrics", "correlation"},
     "sim": {"domain", "sim", "web"},
     "systemd": set(),
+    "correlation": set(),
 }
 # Where each third-party library may be imported (module path prefixes).
 OWNERS = {

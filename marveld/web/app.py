@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from marveld.metrics import Metrics
+from marveld.web.access_log import AccessLog
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
 
@@ -37,5 +39,6 @@ def build_app(metrics: Metrics, ready: ReadyCheck) -> Starlette:
             Route("/metrics", metrics_endpoint),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-        ]
+        ],
+        middleware=[Middleware(AccessLog)],  # correlation ids and one log line per request
     )
