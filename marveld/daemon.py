@@ -17,8 +17,9 @@ from marveld.grpc.handlers import admin_service, auth_service, character_service
 from marveld.grpc.server import GrpcFace
 from marveld.metrics import Metrics
 from marveld.services.characters import CharacterService
-from marveld.services.guard import CallBudget, CircuitBreaker
+from marveld.services.guard import BreakerState, CallBudget, CircuitBreaker
 from marveld.services.memory_tier import MemoryTier
+from marveld.services.readiness import Readiness
 from marveld.services.security import PasswordHasher, TokenIssuer, utc_now
 from marveld.services.users import UserService
 from marveld.storage import Store
@@ -120,14 +121,15 @@ async def run(
             admin_service(users, characters),
         )
 
-        async def ready() -> dict[str, bool]:
-            try:
-                await store.ping()
-            except Exception:
-                return {"database": False}
-            return {"database": True}
+        # /readyz: every check passes. The breaker check is the same condition that marks
+        # marvel.v1.CharacterService NOT_SERVING in grpc.health.v1.Health.
+        listening = trio.Event()
+        readiness = Readiness()
+        readiness.add("database", store.ping)
+        readiness.add("listeners", listening.is_set)
+        readiness.add("breaker", lambda: breaker.state is BreakerState.CLOSED)
 
-        http_app = build_app(metrics, ready)
+        http_app = build_app(metrics, readiness.check)
         async with trio.open_nursery() as nursery:
             await nursery.start(budget.keep, store)
             await nursery.start(characters.run)
@@ -137,6 +139,7 @@ async def run(
             )
             # The poller (change detection) and the notifier join this nursery with the
             # issues that build them.
+            listening.set()
             log.info("marveld ready: grpc port %d, http port %d", grpc_port, http_port)
             await nursery.start(notifier.keep_watchdog)
             notifier.ready(f"serving: grpc port {grpc_port}, http port {http_port}")
