@@ -26,6 +26,7 @@ from marveld.storage import Store
 from marveld.systemd import Notifier
 from marveld.upstream import MarvelClient, RetryPolicy
 from marveld.web.app import build_app
+from marveld.web.gateway import gateway_routes
 from marveld.web.server import serve_asgi
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ async def run(
         readiness.add("listeners", listening.is_set)
         readiness.add("breaker", lambda: breaker.state is BreakerState.CLOSED)
 
-        http_app = build_app(metrics, readiness.check)
+        http_app = build_app(metrics, readiness.check, gateway=gateway_routes(users, characters))
         async with trio.open_nursery() as nursery:
             await nursery.start(budget.keep, store)
             await nursery.start(characters.run)
