@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from marveld import __version__, daemon, systemd
+from marveld import __version__, client, daemon, systemd
 from marveld.config import ConfigError, Settings, load_settings
 from marveld.correlation import CorrelationFilter, TextFormatter
 from marveld.sim import SimOptions, add_sim_arguments, options_from_args, run_sim
@@ -42,12 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim = commands.add_parser("sim", help="run the Marvel-compatible upstream simulator")
     add_sim_arguments(sim)
+    client.add_arguments(commands.add_parser("client", help="call a running marveld over gRPC"))
     return parser
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     environ = os.environ if env is None else env
+    if args.command == "client":
+        sys.exit(client.run(args, environ))
     if args.command == "sim":
         try:
             sim_options = options_from_args(args, environ)
