@@ -6,8 +6,10 @@ Applies what the unit asks of the kernel, as systemd applies it: NoNewPrivileges
 seccomp allow-list SystemCallFilter=@system-service minus ~@privileged @resources (other
 calls fail with EPERM, SystemCallErrorNumber=EPERM), and MemoryDenyWriteExecute through
 prctl(PR_SET_MDWE), the kernel's own form of that rule (Linux 6.3+). All of it is inherited
-by the command and its children. Needs systemd-analyze (to expand the groups) and
-libseccomp; exits 77 when it cannot apply the rules, so CI can say so and go on.
+by the command and its children. Where it may (root), it also gives the command a /proc
+of its own as ProtectProc=invisible and ProcSubset=pid do, in a private mount namespace.
+Needs systemd-analyze (to expand the groups) and libseccomp; exits 77 when it cannot apply
+the rules, so CI can say so and go on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ PR_SET_MDWE = 65
 PR_MDWE_REFUSE_EXEC_GAIN = 1
 SCMP_ACT_ALLOW = 0x7FFF0000
 SCMP_ACT_ERRNO_EPERM = 0x00050000 | 1
+CLONE_NEWNS = 0x00020000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
 CANNOT = 77  # "skipped", as automake's test drivers say: not a failure of the command
 
 
@@ -39,6 +43,18 @@ def group(name: str) -> set[str]:
         elif line and not line.startswith("#"):
             calls.add(line)
     return calls
+
+
+def private_proc(libc: ctypes.CDLL) -> bool:
+    """ProtectProc=invisible, ProcSubset=pid: a /proc with only processes, in a mount
+    namespace of our own (made private first, so nothing reaches the host's mounts)."""
+    if libc.unshare(CLONE_NEWNS) != 0:
+        return False
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        sys.exit(f"sandbox: cannot make / private: {os.strerror(ctypes.get_errno())}")
+    options = b"subset=pid,hidepid=invisible"
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    return libc.mount(b"proc", b"/proc", b"proc", flags, options) == 0
 
 
 def main(argv: list[str]) -> None:
@@ -61,6 +77,7 @@ def main(argv: list[str]) -> None:
     seccomp.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
     seccomp.seccomp_load.argtypes = [ctypes.c_void_p]
     libc = ctypes.CDLL(None, use_errno=True)
+    proc = "ProcSubset=pid" if private_proc(libc) else "the host's /proc (not root)"
 
     filter_ = seccomp.seccomp_init(SCMP_ACT_ERRNO_EPERM)
     added = 0
@@ -75,7 +92,7 @@ def main(argv: list[str]) -> None:
         sys.exit(CANNOT)
     if seccomp.seccomp_load(filter_) != 0:
         sys.exit("sandbox: seccomp_load failed")
-    print(f"sandbox: {added} system calls allowed, W^X enforced", file=sys.stderr, flush=True)
+    print(f"sandbox: {added} system calls allowed, W^X, {proc}", file=sys.stderr, flush=True)
     os.execvp(argv[0], argv)
 
 
