@@ -16,12 +16,14 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import trio
 
-from marveld import __version__, daemon
+from marveld import __version__, client, daemon, systemd
 from marveld.config import ConfigError, Settings, load_settings
+from marveld.correlation import CorrelationFilter, TextFormatter
 from marveld.domain.errors import InvalidArgument, NotFound
 from marveld.domain.users import User, normalize_email
 from marveld.sim import SimOptions, add_sim_arguments, options_from_args, run_sim
@@ -52,12 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument(
         "--config", type=Path, default=None, help="settings file (default ./marveld.toml)"
     )
+    client.add_arguments(commands.add_parser("client", help="call a running marveld over gRPC"))
     return parser
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     environ = os.environ if env is None else env
+    if args.command == "client":
+        sys.exit(client.run(args, environ))
     if args.command == "sim":
         try:
             sim_options = options_from_args(args, environ)
@@ -74,13 +79,16 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"marveld: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     _setup_logging(settings.log.level, settings.log.format)
-    sys.exit(_run_until_signal(lambda: serve(settings, demo=args.demo)))
+    notifier = systemd.Notifier.from_env(environ)
+    run = partial(serve, settings, demo=args.demo, notifier=notifier)
+    sys.exit(_run_until_signal(run, notifier))
 
 
 async def serve(
     settings: Settings,
     *,
     demo: bool = False,
+    notifier: systemd.Notifier | None = None,
     task_status: trio.TaskStatus[daemon.Endpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The daemon; with ``demo`` a simulator on a free port is its upstream, and sends its
@@ -100,7 +108,7 @@ async def serve(
                 settings, upstream=dataclasses.replace(settings.upstream, url=handle.url)
             )
             log.info("demo: the simulator at %s stands in for the Marvel API", handle.url)
-        endpoints = await nursery.start(daemon.run, settings)
+        endpoints = await nursery.start(partial(daemon.run, settings, notifier=notifier))
         if handle is not None and settings.secrets.webhook_secret:
             host = settings.http.listen.host
             host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
@@ -144,7 +152,9 @@ def grant_admin(email: str, config: Path | None, env: Mapping[str, str]) -> int:
     return 0
 
 
-def _run_until_signal(start: Callable[[], Awaitable[None]]) -> int:
+def _run_until_signal(
+    start: Callable[[], Awaitable[None]], notifier: systemd.Notifier | None = None
+) -> int:
     """Run ``start()`` until SIGINT or SIGTERM; a signal is a clean stop (exit status 0)."""
 
     async def runner() -> None:
@@ -154,6 +164,8 @@ def _run_until_signal(start: Callable[[], Awaitable[None]]) -> int:
                 async def wait_for_signal() -> None:
                     async for signum in signals:
                         log.info("%s received, shutting down", signal.Signals(signum).name)
+                        if notifier is not None:
+                            notifier.stopping()
                         nursery.cancel_scope.cancel()
                         return
 
@@ -176,6 +188,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if correlation_id := getattr(record, "correlation_id", None):
+            entry["correlation_id"] = correlation_id
+        entry.update(getattr(record, "fields", {}))  # a request line's method, status, ...
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -188,8 +203,9 @@ def _setup_logging(level: str, fmt: str = "auto") -> None:
     handler.setFormatter(
         JsonFormatter()
         if as_json
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    handler.addFilter(CorrelationFilter())  # each request's lines carry its correlation id
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # httpx logs each request's URL at INFO, and Marvel's signature travels in the URL.
     logging.getLogger("httpx").setLevel(logging.WARNING)

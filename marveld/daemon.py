@@ -19,17 +19,20 @@ from marveld.grpc.server import GrpcFace
 from marveld.metrics import Metrics
 from marveld.services.catalog import LocalCatalog
 from marveld.services.characters import CharacterService
-from marveld.services.guard import CallBudget, CircuitBreaker
+from marveld.services.guard import BreakerState, CallBudget, CircuitBreaker
 from marveld.services.memory_tier import MemoryTier
 from marveld.services.poller import Poller
 from marveld.services.ratelimit import LoginThrottle, RateLimiter, RateLimits
+from marveld.services.readiness import Readiness
 from marveld.services.security import PasswordHasher, TokenIssuer, utc_now
 from marveld.services.sync import SyncService
 from marveld.services.users import UserService
 from marveld.services.webhooks import WebhookService
 from marveld.storage import Store
+from marveld.systemd import Notifier
 from marveld.upstream import MarvelClient, RetryPolicy
 from marveld.web.app import build_app
+from marveld.web.gateway import gateway_routes
 from marveld.web.server import serve_asgi
 from marveld.web.webhooks import webhook_route
 
@@ -52,9 +55,12 @@ async def run(
     clock: Callable[[], datetime] = utc_now,
     monotonic: Callable[[], float] = time.monotonic,
     hasher: PasswordHasher | None = None,
+    notifier: Notifier | None = None,
     task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run marveld until cancelled. Readiness reports the bound ports."""
+    """Run marveld until cancelled. Readiness reports the bound ports (and, under systemd,
+    sends READY=1 and feeds the watchdog through ``notifier``)."""
+    notifier = notifier or Notifier(None)
     # hpack (under h2, under grpclib and hypercorn) logs every header it encodes or decodes
     # at DEBUG, bearer tokens included: never below INFO, whatever log.level says.
     logging.getLogger("hpack").setLevel(max(logging.INFO, logging.getLogger("hpack").level))
@@ -143,18 +149,23 @@ async def run(
             admin_service(users, characters, sync),
         )
 
-        async def ready() -> dict[str, bool]:
-            try:
-                await store.ping()
-                first_sync = await sync.first_sync_done()
-            except Exception:
-                return {"database": False, "first_sync": False}
-            return {"database": True, "first_sync": first_sync}
+        # /readyz: every check passes. The breaker check is the same condition that marks
+        # marvel.v1.CharacterService NOT_SERVING in grpc.health.v1.Health.
+        listening = trio.Event()
+        readiness = Readiness()
+        readiness.add("database", store.ping)
+        readiness.add("listeners", listening.is_set)
+        readiness.add("breaker", lambda: breaker.state is BreakerState.CLOSED)
 
         # Requests are served during the first sync (read-through), so it is reported
         # but does not make the daemon unready.
+        readiness.add("first_sync", sync.first_sync_done)
         http_app = build_app(
-            metrics, ready, routes=[webhook_route(webhooks)], informational={"first_sync"}
+            metrics,
+            readiness.check,
+            routes=[webhook_route(webhooks)],
+            gateway=gateway_routes(users, characters),
+            informational={"first_sync"},
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(budget.keep, store)
@@ -169,8 +180,11 @@ async def run(
                 await nursery.start(poller.run)
             else:
                 log.info("poller disabled: TriggerSync and webhooks bring changes")
-            # The notifier joins this nursery with the issue that builds it.
+            # The notification saga joins this nursery with the issue that builds it.
+            listening.set()
             log.info("marveld ready: grpc port %d, http port %d", grpc_port, http_port)
+            await nursery.start(notifier.keep_watchdog)
+            notifier.ready(f"serving: grpc port {grpc_port}, http port {http_port}")
             task_status.started(Endpoints(grpc_port=grpc_port, http_port=http_port))
 
 

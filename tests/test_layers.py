@@ -18,19 +18,23 @@ INTERNAL = {
     "storage": {"domain", "storage"},
     "upstream": {"domain", "upstream"},
     "services": {"domain", "storage", "upstream", "metrics", "services"},
-    "grpc": {"domain", "services", "grpc", "proto", "metrics"},
-    "web": {"domain", "services", "web", "metrics"},
+    "grpc": {"domain", "services", "grpc", "proto", "metrics", "correlation"},
+    "web": {"domain", "services", "web", "metrics", "correlation"},
     # The simulator sends its webhooks with upstream's sender (httpx lives there).
     "sim": {"domain", "sim", "web", "upstream"},
+    "systemd": set(),
+    "correlation": set(),
+    "client": {"proto"},
 }
 # Where each third-party library may be imported (module path prefixes).
 OWNERS = {
     "httpx": ("upstream",),
     "sqlite3": ("storage",),
-    "grpclib": ("grpc",),
+    # client.py is the example of the generated stubs from plain asyncio: it needs them.
+    "grpclib": ("grpc", "client.py"),
     "trio_asyncio": ("grpc",),
     "google": ("grpc",),
-    "betterproto2": ("grpc",),
+    "betterproto2": ("grpc", "client.py"),
     "hypercorn": ("web/server.py",),
     "starlette": ("web", "sim"),
     "prometheus_client": ("metrics.py",),

@@ -337,7 +337,12 @@ async def test_the_poller_bootstraps_on_start_while_serving_and_readyz_reports_i
         assert during.status_code == 200  # serving during the first sync
         assert during.json() == {
             "status": "ready",
-            "checks": {"database": True, "first_sync": False},
+            "checks": {
+                "database": True,
+                "listeners": True,
+                "breaker": True,
+                "first_sync": False,
+            },
         }
 
         async def first_sync() -> bool:

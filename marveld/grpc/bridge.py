@@ -19,6 +19,7 @@ from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 
+from marveld import correlation
 from marveld.domain import errors
 from marveld.grpc import wire
 
@@ -37,6 +38,7 @@ class CallContext:
 
     authorization: str | None
     peer: str
+    correlation_id: str | None = None
 
 
 TrioHandler = Callable[[Any, CallContext], Awaitable[Any]]
@@ -89,6 +91,9 @@ async def _call_in_trio(
     fn: TrioHandler, request: Any, ctx: CallContext, seconds: float
 ) -> tuple[Any, GRPCError | None]:
     """Runs in trio: the reply, or the status the asyncio side should raise."""
+    # trio-asyncio copies the asyncio task's context into this task today; set the id
+    # anyway so the services' log lines carry it whatever the bridge does.
+    correlation.CORRELATION_ID.set(ctx.correlation_id)
     try:
         with trio.move_on_after(seconds) as scope:
             return await fn(request, ctx), None
@@ -112,7 +117,9 @@ def unary(
         request = await wire.receive_request(stream, request_type)
         value = stream.metadata.get("authorization") if stream.metadata else None
         ctx = CallContext(
-            authorization=value if isinstance(value, str) else None, peer=_peer(stream)
+            authorization=value if isinstance(value, str) else None,
+            peer=_peer(stream),
+            correlation_id=correlation.CORRELATION_ID.get(),
         )
         if fast is not None and (encoded := _try_fast(fast, request, ctx)) is not None:
             await stream.send_message(encoded)

@@ -17,12 +17,13 @@ import trio
 import trio_asyncio
 from google.protobuf.descriptor_pool import Default
 from grpclib.encoding.proto import ProtoStatusDetailsCodec
-from grpclib.events import RecvRequest, SendTrailingMetadata, listen
+from grpclib.events import RecvRequest, SendInitialMetadata, SendTrailingMetadata, listen
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 from grpclib.reflection._deprecated import ServerReflection as ServerReflectionV1Alpha
 from grpclib.reflection.service import ServerReflection
 
+from marveld import correlation
 from marveld.grpc.bridge import PassthroughCodec, Service
 from marveld.metrics import Metrics
 from marveld.proto.google_proto_descriptor_pool import default_google_proto_descriptor_pool
@@ -30,6 +31,8 @@ from marveld.proto.google_proto_descriptor_pool import default_google_proto_desc
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+# Calls whose request line is logged at DEBUG: probes, every few seconds.
+QUIET_SERVICES = frozenset({"grpc.health.v1.Health"})
 
 
 class _Descriptors:
@@ -136,19 +139,40 @@ _CALL: contextvars.ContextVar[tuple[str, str, float]] = contextvars.ContextVar("
 
 
 def _count_rpcs(server: grpclib.server.Server, metrics: Metrics) -> None:
-    """grpc_server_* metrics for every RPC, ours and health/reflection alike. grpclib sends
-    both events from the task that handles the call, so a context variable joins them."""
+    """grpc_server_* metrics, a correlation id and one log line for every RPC, ours and
+    health/reflection alike. grpclib sends these events from the task that handles the
+    call, so context variables join them (and the bridge carries the id into trio)."""
 
     async def on_request(event: RecvRequest) -> None:
         _, service, method = event.method_name.split("/")
         metrics.rpc_start(service, method)
+        sent = (event.metadata.get(name) for name in correlation.REQUEST_HEADERS)
+        correlation.CORRELATION_ID.set(
+            correlation.choose(value if isinstance(value, str) else None for value in sent)
+        )
         _CALL.set((service, method, time.perf_counter()))
 
+    async def on_headers(event: SendInitialMetadata) -> None:
+        if (correlation_id := correlation.CORRELATION_ID.get()) is not None:
+            event.metadata[correlation.RESPONSE_HEADER] = correlation_id
+
     async def on_trailers(event: SendTrailingMetadata) -> None:
+        if (correlation_id := correlation.CORRELATION_ID.get()) is not None:
+            event.metadata[correlation.RESPONSE_HEADER] = correlation_id
         call = _CALL.get(None)
         if call is not None:
             service, method, started = call
-            metrics.rpc_end(service, method, event.status.name, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            metrics.rpc_end(service, method, event.status.name, seconds)
+            correlation.log_request(
+                log,
+                "grpc",
+                f"/{service}/{method}",
+                event.status.name,
+                seconds,
+                quiet=service in QUIET_SERVICES,
+            )
 
     listen(server, RecvRequest, on_request)
+    listen(server, SendInitialMetadata, on_headers)
     listen(server, SendTrailingMetadata, on_trailers)

@@ -6,11 +6,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from marveld.metrics import Metrics
+from marveld.web.access_log import AccessLog
+from marveld.web.problems import http_exception
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
 
@@ -20,10 +24,13 @@ def build_app(
     ready: ReadyCheck,
     *,
     routes: Sequence[BaseRoute] = (),
+    gateway: Sequence[BaseRoute] = (),
     informational: Collection[str] = (),
 ) -> Starlette:
     """``ready`` answers each readiness condition by name; all true means ready, except
-    the ``informational`` ones, which are reported but do not gate readiness."""
+    the ``informational`` ones, which are reported but do not gate readiness. ``routes``
+    are more endpoints (the webhook receiver); ``gateway`` the JSON gateway's routes
+    (web/gateway.py)."""
 
     async def metrics_endpoint(request: Request) -> Response:
         body, content_type = metrics.exposition()
@@ -46,5 +53,8 @@ def build_app(
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             *routes,
-        ]
+            *gateway,
+        ],
+        middleware=[Middleware(AccessLog)],  # correlation ids and one log line per request
+        exception_handlers={HTTPException: http_exception},  # 404, 405: problem+json
     )

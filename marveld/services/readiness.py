@@ -1,0 +1,62 @@
+"""Readiness: named checks of what marveld needs to serve, run together for ``/readyz``.
+
+The composition root builds one :class:`Readiness` and adds a line per condition::
+
+    readiness.add("database", store.ping)
+    readiness.add("breaker", lambda: breaker.state is BreakerState.CLOSED)
+
+A check is a plain or async function. It fails when it returns False, raises, or takes
+longer than :data:`CHECK_SECONDS`; anything else (True, None) passes, so a ping that
+raises on trouble is a check as it is.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+log = logging.getLogger(__name__)
+
+CHECK_SECONDS = 2.0
+
+Check = Callable[[], object | Awaitable[object]]
+
+
+class Readiness:
+    def __init__(self, *, seconds: float = CHECK_SECONDS) -> None:
+        self._checks: dict[str, Check] = {}
+        self._seconds = seconds
+
+    def add(self, name: str, check: Check) -> None:
+        if name in self._checks:
+            raise ValueError(f"readiness check {name!r} is already registered")
+        self._checks[name] = check
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._checks)
+
+    async def check(self) -> dict[str, bool]:
+        """Every check, run concurrently: name → passed, in the order they were added."""
+        results = dict.fromkeys(self._checks, False)
+
+        async def run(name: str, check: Check) -> None:
+            with trio.move_on_after(self._seconds) as scope:
+                try:
+                    value = check()
+                    if inspect.isawaitable(value):
+                        value = await value
+                except Exception as exc:
+                    log.warning("readiness check %s failed: %r", name, exc)
+                    return
+                results[name] = value is not False
+            if scope.cancelled_caught:
+                log.warning("readiness check %s took over %.3g s", name, self._seconds)
+
+        async with trio.open_nursery() as nursery:
+            for name, check in self._checks.items():
+                nursery.start_soon(run, name, check)
+        return results
