@@ -41,6 +41,8 @@ DAEMON_SETTINGS = {
     "MARVELD_LOG_LEVEL": "warning",
     "MARVELD_UPSTREAM_DAILY_BUDGET": "1000000",
     "MARVELD_RATELIMIT_ENABLED": "false",
+    # No background sync: its upstream calls would count in the cache benchmarks' figures.
+    "MARVELD_POLLER_ENABLED": "false",
 }
 MARVELD = [sys.executable, "-m", "marveld"]
 STOP_SECONDS = 10.0
