@@ -12,8 +12,8 @@ from marveld.domain.errors import InvalidArgument, UpstreamError
 from marveld.domain.queries import (
     MAX_CHARACTER_ID,
     CharacterQuery,
+    SearchQuery,
     check_character_id,
-    search_query,
 )
 from marveld.domain.users import check_name, check_password, normalize_email
 from marveld.services.passwords import load_common_passwords
@@ -27,7 +27,9 @@ def test_equivalent_queries_share_one_cache_key() -> None:
 
 
 def test_search_is_a_name_prefix_until_the_read_model_exists() -> None:
-    assert search_query(" Iron ", 5, None) == CharacterQuery(name_starts_with="Iron", limit=5)
+    assert SearchQuery.parse(" Iron ", 5, None).upstream_query() == CharacterQuery(
+        name_starts_with="Iron", limit=5
+    )
 
 
 def test_upstream_params_carry_every_filter_in_marvel_names() -> None:
@@ -81,7 +83,7 @@ def test_bad_queries_name_the_field(kwargs: dict[str, object], field: str, messa
 
 def test_empty_search_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="query: must not be empty"):
-        search_query("   ", None, None)
+        SearchQuery.parse("   ", None, None)
 
 
 @pytest.mark.parametrize(

@@ -236,8 +236,3 @@ class SearchQuery:
     def upstream_query(self) -> CharacterQuery:
         """The same search as a name prefix, for an upstream that has no free-text search."""
         return CharacterQuery(name_starts_with=self.text, limit=self.limit, offset=self.offset)
-
-
-def search_query(query: str, limit: int | None, offset: int | None) -> CharacterQuery:
-    """A free-text search as the upstream can run it: a name prefix."""
-    return SearchQuery.parse(query, limit, offset).upstream_query()

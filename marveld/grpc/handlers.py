@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from marveld.domain.errors import InvalidArgument
 from marveld.domain.queries import CharacterQuery, SearchQuery
 from marveld.grpc import convert
-from marveld.grpc.bridge import CallContext, FastPath, Service, TrioHandler, unary
+from marveld.grpc.bridge import CallContext, Service, unary
 from marveld.proto.marvel import v1 as pb
 from marveld.services.characters import CacheStatus, CharacterService, character_key
+from marveld.services.memory_tier import Answer
 from marveld.services.users import UserService
 
 PACKAGE = "marvel.v1"
@@ -57,49 +55,45 @@ def _list_query(request: pb.ListCharactersRequest) -> CharacterQuery:
     )
 
 
+def _search_query(request: pb.SearchCharactersRequest) -> SearchQuery:
+    return SearchQuery.parse(request.query, request.limit, request.offset)
+
+
 def character_service(users: UserService, characters: CharacterService) -> Service:
-    """Pages go out as bytes: the cached encoding plus the cache fields (see convert)."""
+    """Answers go out as bytes: the cached encoding (plus the cache fields for pages, see
+    convert). Each method has a fast path, tried on the asyncio side without entering trio,
+    that answers fresh memory-tier hits for a recently checked token; anything else takes
+    the slow path, which also says what is wrong with a request."""
 
-    def fast_page(to_query: Callable[[Any], CharacterQuery]) -> FastPath:
-        def fast(request: Any, ctx: CallContext) -> bytes | None:
-            if users.authenticate_fast(ctx.authorization) is None:
-                return None
-            try:
-                key = to_query(request).cache_key()
-            except InvalidArgument:
-                return None  # the slow path says what is wrong
-            hit = characters.fresh(key)
-            if hit is None:
-                return None
-            answer, age = hit
-            return answer.encoded + convert.cache_suffix(CacheStatus.HIT, age)
-
-        return fast
-
-    def slow_page(to_query: Callable[[Any], CharacterQuery]) -> TrioHandler:
-        async def slow(request: Any, ctx: CallContext) -> bytes:
-            await users.authenticate(ctx.authorization)
-            return convert.page_reply(await characters.list(to_query(request)))
-
-        return slow
-
-    def fast_search(request: pb.SearchCharactersRequest, ctx: CallContext) -> bytes | None:
-        if users.authenticate_fast(ctx.authorization) is None:
-            return None
-        try:
-            query = SearchQuery.parse(request.query, request.limit, request.offset)
-        except InvalidArgument:
-            return None
-        hit = characters.fresh_search(query)
+    def page_hit(hit: tuple[Answer, int] | None) -> bytes | None:
         if hit is None:
             return None
         answer, age = hit
         return answer.encoded + convert.cache_suffix(CacheStatus.HIT, age)
 
+    def fast_list(request: pb.ListCharactersRequest, ctx: CallContext) -> bytes | None:
+        if users.authenticate_fast(ctx.authorization) is None:
+            return None
+        try:
+            return page_hit(characters.fresh(_list_query(request).cache_key()))
+        except InvalidArgument:
+            return None
+
+    async def list_characters(request: pb.ListCharactersRequest, ctx: CallContext) -> bytes:
+        await users.authenticate(ctx.authorization)
+        return convert.page_reply(await characters.list(_list_query(request)))
+
+    def fast_search(request: pb.SearchCharactersRequest, ctx: CallContext) -> bytes | None:
+        if users.authenticate_fast(ctx.authorization) is None:
+            return None
+        try:
+            return page_hit(characters.fresh_search(_search_query(request)))
+        except InvalidArgument:
+            return None
+
     async def search(request: pb.SearchCharactersRequest, ctx: CallContext) -> bytes:
         await users.authenticate(ctx.authorization)
-        query = SearchQuery.parse(request.query, request.limit, request.offset)
-        return convert.page_reply(await characters.search(query))
+        return convert.page_reply(await characters.search(_search_query(request)))
 
     def fast_character(request: pb.GetCharacterRequest, ctx: CallContext) -> bytes | None:
         if users.authenticate_fast(ctx.authorization) is None or request.id <= 0:
@@ -117,10 +111,7 @@ def character_service(users: UserService, characters: CharacterService) -> Servi
         f"{PACKAGE}.CharacterService",
         {
             "ListCharacters": unary(
-                slow_page(_list_query),
-                pb.ListCharactersRequest,
-                pb.CharacterPage,
-                fast=fast_page(_list_query),
+                list_characters, pb.ListCharactersRequest, pb.CharacterPage, fast=fast_list
             ),
             "SearchCharacters": unary(
                 search, pb.SearchCharactersRequest, pb.CharacterPage, fast=fast_search
