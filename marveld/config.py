@@ -102,6 +102,14 @@ class PollerSettings:
 
 
 @dataclass(frozen=True)
+class NotificationsSettings:
+    queue_size: int
+    heartbeat: float
+    retention: float
+    sweep_interval: float
+
+
+@dataclass(frozen=True)
 class AuthSettings:
     token_ttl: float
     issuer: str
@@ -146,6 +154,7 @@ class Settings:
     upstream: UpstreamSettings
     cache: CacheSettings
     poller: PollerSettings
+    notifications: NotificationsSettings
     auth: AuthSettings
     ratelimit: RateLimitSettings
     log: LogSettings
@@ -222,6 +231,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("poller", "enabled", "bool", True,
             "Sync in the background: a full sync on first start, then a poll every interval. "
             "Off: only TriggerSync and webhooks bring changes."),
+    Setting("notifications", "queue_size", "int", 256,
+            "Notifications queued per live subscriber; one that falls this far behind is "
+            "disconnected with its resume cursor.", bounds=(1, 100_000)),
+    Setting("notifications", "heartbeat", "duration", "15s",
+            "Time without notifications after which a live stream gets a heartbeat carrying "
+            "its cursor (WebSocket pings as often)."),
+    Setting("notifications", "retention", "duration", "7d",
+            "How long notifications are kept; resuming from an older cursor is "
+            "FAILED_PRECONDITION."),
+    Setting("notifications", "sweep_interval", "duration", "1h",
+            "Time between two sweeps of notifications past retention."),
     Setting("auth", "token_ttl", "duration", "1h", "Lifetime of an access token."),
     Setting("auth", "issuer", "str", "marveld", "Issuer (`iss` claim) of access tokens."),
     Setting("ratelimit", "enabled", "bool", True,
@@ -255,6 +275,7 @@ SETTINGS: tuple[Setting, ...] = (
 _SECTIONS: dict[str, Callable[..., Any]] = {
     "grpc": GrpcSettings, "http": HttpSettings, "database": DatabaseSettings,
     "upstream": UpstreamSettings, "cache": CacheSettings, "poller": PollerSettings,
+    "notifications": NotificationsSettings,
     "auth": AuthSettings, "ratelimit": RateLimitSettings, "log": LogSettings,
 }  # fmt: skip
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 import trio
 
@@ -15,12 +16,14 @@ from marveld.domain.cache_policy import CachePolicy
 from marveld.grpc import convert
 from marveld.grpc.admin import admin_service
 from marveld.grpc.handlers import auth_service, character_service, user_service
+from marveld.grpc.notifications import notification_service
 from marveld.grpc.server import GrpcFace
 from marveld.metrics import Metrics
 from marveld.services.catalog import LocalCatalog
 from marveld.services.characters import CharacterService
 from marveld.services.guard import BreakerState, CallBudget, CircuitBreaker
 from marveld.services.memory_tier import MemoryTier
+from marveld.services.notifications import NotificationService, NotificationSettings
 from marveld.services.poller import Poller
 from marveld.services.ratelimit import LoginThrottle, RateLimiter, RateLimits
 from marveld.services.readiness import Readiness
@@ -33,6 +36,7 @@ from marveld.systemd import Notifier
 from marveld.upstream import MarvelClient, RetryPolicy
 from marveld.web.app import build_app
 from marveld.web.gateway import gateway_routes
+from marveld.web.notifications import notifications_route
 from marveld.web.server import serve_asgi
 from marveld.web.webhooks import webhook_route
 
@@ -115,6 +119,19 @@ async def run(
         users = UserService(
             store, hasher or PasswordHasher(), tokens, clock, limits=limits, throttle=throttle
         )
+        n = settings.notifications
+        notifications = NotificationService(
+            store,
+            users,
+            metrics,
+            clock,
+            NotificationSettings(
+                queue_size=n.queue_size,
+                heartbeat=n.heartbeat,
+                retention=n.retention,
+                sweep_interval=n.sweep_interval,
+            ),
+        )
         memory = MemoryTier(
             max_entries=cache.memory_entries,
             max_bytes=cache.memory_megabytes * MIB,
@@ -136,9 +153,17 @@ async def run(
             encode=convert.encode_answer,
             sweep_interval=cache.sweep_interval,
             catalog=LocalCatalog(store, clock),
+            on_stored=notifications.poke,
         )
         # Every applied change drops the answers it made stale from the memory tier too.
-        sync = SyncService(store, marvel, metrics, clock, forget_cached=characters.forget)
+        sync = SyncService(
+            store,
+            marvel,
+            metrics,
+            clock,
+            forget_cached=characters.forget,
+            on_committed=notifications.poke,
+        )
         webhooks = WebhookService(
             store, marvel, sync, metrics, clock, secret=secrets.webhook_secret
         )
@@ -147,7 +172,10 @@ async def run(
             user_service(users),
             character_service(users, characters),
             admin_service(users, characters, sync),
+            notification_service(notifications),
         )
+        # Streams end with their resume cursor before the gRPC server closes.
+        grpc.before_close(lambda: notifications.end_streams("grpc", grace=2.0))
 
         # /readyz: every check passes. The breaker check is the same condition that marks
         # marvel.v1.CharacterService NOT_SERVING in grpc.health.v1.Health.
@@ -163,16 +191,20 @@ async def run(
         http_app = build_app(
             metrics,
             readiness.check,
-            routes=[webhook_route(webhooks)],
+            routes=[webhook_route(webhooks), notifications_route(notifications)],
             gateway=gateway_routes(users, characters),
             informational={"first_sync"},
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(budget.keep, store)
             await nursery.start(characters.run)
+            await nursery.start(notifications.run)
             grpc_port = await nursery.start(grpc.run)
             http_port = await nursery.start(
-                serve_asgi, http_app, settings.http.listen.host, settings.http.listen.port
+                partial(serve_asgi, websocket_ping_interval=n.heartbeat),
+                http_app,
+                settings.http.listen.host,
+                settings.http.listen.port,
             )
             await nursery.start(webhooks.run)
             if settings.poller.enabled:
@@ -180,7 +212,6 @@ async def run(
                 await nursery.start(poller.run)
             else:
                 log.info("poller disabled: TriggerSync and webhooks bring changes")
-            # The notification saga joins this nursery with the issue that builds it.
             listening.set()
             log.info("marveld ready: grpc port %d, http port %d", grpc_port, http_port)
             await nursery.start(notifier.keep_watchdog)

@@ -20,6 +20,7 @@ from prometheus_client import (
 
 _RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 _UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0)
 _SYNC_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
 
@@ -119,6 +120,37 @@ class Metrics:
             "Webhook deliveries by outcome (accepted, duplicate, refused, invalid,"
             " not_configured, applied, failed).",
             ["outcome"],
+            registry=self.registry,
+        )
+
+        self.subscribers = Gauge(
+            "marveld_notification_subscribers",
+            "Live notification subscribers, by channel (grpc, websocket).",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.notifications_created = Counter(
+            "marveld_notifications_created",
+            "Notifications the saga wrote, by type (the event type).",
+            ["type"],
+            registry=self.registry,
+        )
+        self.notifications_delivered = Counter(
+            "marveld_notifications_delivered",
+            "Notifications sent to a client, by channel (grpc, websocket, polling).",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.subscribers_evicted = Counter(
+            "marveld_notification_subscribers_evicted",
+            "Live subscribers closed because their queue was full (too slow), by channel.",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.notification_lag = Histogram(
+            "marveld_notification_delivery_lag_seconds",
+            "From the commit of an event to the live send of its notification.",
+            buckets=_LAG_BUCKETS,
             registry=self.registry,
         )
 

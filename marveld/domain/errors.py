@@ -69,3 +69,14 @@ class UpstreamRejected(UpstreamError):
     def is_credentials_problem(self) -> bool:
         """True when the upstream refused marveld's keys (our configuration, not the client)."""
         return self.status == 401 or self.code in {"InvalidCredentials", "MissingParameter"}
+
+
+class CursorExpired(MarveldError):
+    """A notification cursor older than retention: what followed it may be gone (re-list)."""
+
+    def __init__(self, cursor: int, oldest: int) -> None:
+        super().__init__(
+            f"cursor {cursor} is older than retention; the oldest resumable cursor is {oldest}"
+        )
+        self.cursor = cursor
+        self.oldest = oldest

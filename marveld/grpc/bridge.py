@@ -62,6 +62,8 @@ def status_for(exc: errors.MarveldError) -> GRPCError:
             return GRPCError(Status.UNAUTHENTICATED, str(exc))
         case errors.PermissionDenied():
             return GRPCError(Status.PERMISSION_DENIED, str(exc))
+        case errors.CursorExpired():
+            return GRPCError(Status.FAILED_PRECONDITION, str(exc))
         case errors.ResourceExhausted():
             return wire.rate_limited(str(exc), exc.retry_after)
         case errors.UpstreamRejected() if exc.is_credentials_problem:
@@ -115,12 +117,7 @@ def unary(
 
     async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
         request = await wire.receive_request(stream, request_type)
-        value = stream.metadata.get("authorization") if stream.metadata else None
-        ctx = CallContext(
-            authorization=value if isinstance(value, str) else None,
-            peer=_peer(stream),
-            correlation_id=correlation.CORRELATION_ID.get(),
-        )
+        ctx = context_of(stream)
         if fast is not None and (encoded := _try_fast(fast, request, ctx)) is not None:
             await stream.send_message(encoded)
             return
@@ -135,6 +132,15 @@ def unary(
 
     return grpclib.const.Handler(
         handle, grpclib.const.Cardinality.UNARY_UNARY, request_type, reply_type
+    )
+
+
+def context_of(stream: grpclib.server.Stream[Any, Any]) -> CallContext:
+    value = stream.metadata.get("authorization") if stream.metadata else None
+    return CallContext(
+        authorization=value if isinstance(value, str) else None,
+        peer=_peer(stream),
+        correlation_id=correlation.CORRELATION_ID.get(),
     )
 
 

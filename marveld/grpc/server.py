@@ -10,12 +10,14 @@ import contextvars
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpclib.server
 import trio
 import trio_asyncio
 from google.protobuf.descriptor_pool import Default
+from grpclib.config import Configuration
 from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.events import RecvRequest, SendInitialMetadata, SendTrailingMetadata, listen
 from grpclib.health.check import ServiceStatus
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 5.0
 # Calls whose request line is logged at DEBUG: probes, every few seconds.
 QUIET_SERVICES = frozenset({"grpc.health.v1.Health"})
+# HTTP/2 pings on connections with calls in flight (long streams included): a peer that
+# does not answer within the timeout is dropped, and its streams with it.
+KEEPALIVE_SECONDS = 30.0
+KEEPALIVE_TIMEOUT_SECONDS = 20.0
 
 
 class _Descriptors:
@@ -83,12 +89,18 @@ class GrpcFace:
         self._metrics = metrics
         self._services: list[Service] = []
         self._statuses: dict[str, ServiceStatus] = {}
+        self._before_close: list[Callable[[], Awaitable[None]]] = []
 
     def serve(self, *services: Service) -> None:
         for service in services:
             self._services.append(service)
             self._statuses[service.name] = ServiceStatus()
             self._statuses[service.name].set(True)
+
+    def before_close(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """``await hook()`` (trio) at shutdown before the server closes: server streams end
+        there with a status of their own, since ``Server.close()`` cancels handlers."""
+        self._before_close.append(hook)
 
     def set_serving(self, service: str, serving: bool) -> None:
         """Plain synchronous code: callable from trio (the asyncio loop runs in this thread)."""
@@ -108,6 +120,9 @@ class GrpcFace:
                 ServerReflectionV1Alpha(_service_names=names, _pool=pool),
             ],
             codec=PassthroughCodec(),
+            config=Configuration(
+                _keepalive_time=KEEPALIVE_SECONDS, _keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS
+            ),
             # Named, not left to grpclib: it drops error details (RetryInfo) when a custom
             # codec is passed and no details codec is.
             status_details_codec=ProtoStatusDetailsCodec(),
@@ -127,6 +142,8 @@ class GrpcFace:
                 await trio.sleep_forever()
             finally:
                 with trio.move_on_after(SHUTDOWN_GRACE_SECONDS, shield=True):
+                    for hook in self._before_close:
+                        await hook()
                     server.close()
                     await trio_asyncio.aio_as_trio(server.wait_closed)()
                     # Closing a transport closes its socket in a callback; let those run

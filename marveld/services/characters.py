@@ -83,8 +83,12 @@ class CharacterService:
         encode: Encode,
         sweep_interval: float,
         catalog: LocalCatalog | None = None,
+        on_stored: Callable[[], None] | None = None,
     ) -> None:
+        """``on_stored``: called after each upstream answer is stored (it may have appended
+        events through the read-through diff: the notifier's wake-up)."""
         self._store = store
+        self._on_stored = on_stored
         self._upstream = upstream
         self._breaker = breaker
         self._memory = memory
@@ -275,6 +279,8 @@ class CharacterService:
         expires = self._policy.expires_at(page, now)
         # The put records what changed (events) and drops the other answers it made stale.
         self._memory.forget(await self._store.cache.put(key, page, now=now, expires_at=expires))
+        if self._on_stored is not None:
+            self._on_stored()
         answer = Answer(
             key=key,
             page=page,

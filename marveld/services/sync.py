@@ -75,13 +75,17 @@ class SyncService:
         forget_cached: ForgetCached,
         *,
         page_size: int = PAGE_SIZE,
+        on_committed: Callable[[BatchResult], None] | None = None,
     ) -> None:
+        """``on_committed``: called (synchronously) after each batch that appended events,
+        once it is committed (the notifier's wake-up)."""
         self._store = store
         self._upstream = upstream
         self._metrics = metrics
         self._clock = clock
         self._forget = forget_cached
         self._page_size = page_size
+        self._on_committed = on_committed
         self._running = trio.Lock()
 
     async def first_sync_done(self) -> bool:
@@ -115,6 +119,8 @@ class SyncService:
         )
         if result.forgotten:
             self._forget(result.forgotten)
+        if result.events and self._on_committed is not None:
+            self._on_committed(result)
         return result
 
     async def run_once(self) -> SyncReport:

@@ -11,6 +11,7 @@ from marveld.storage.cache import CacheEntry, CacheRepo
 from marveld.storage.changes import BatchResult, ChangeRepo
 from marveld.storage.characters import CharacterRepo
 from marveld.storage.errors import SchemaTooNew, StorageError
+from marveld.storage.notifications import NotificationPage, NotificationRepo, SagaStep
 from marveld.storage.reads import ReadRepo, SearchResult
 from marveld.storage.schema import LATEST_VERSION
 from marveld.storage.store import Store
@@ -26,7 +27,10 @@ __all__ = [
     "ChangeRepo",
     "CharacterRepo",
     "Delivery",
+    "NotificationPage",
+    "NotificationRepo",
     "ReadRepo",
+    "SagaStep",
     "SchemaTooNew",
     "SearchResult",
     "StorageError",

@@ -265,7 +265,45 @@ def _v2_change_detection(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_change_detection)
+_V3_STATEMENTS: tuple[str, ...] = (
+    # What each user is notified of; no row: everything. character_ids is a JSON array
+    # (empty: any character), name_prefix a folded prefix (empty: any name).
+    """
+    CREATE TABLE notification_subscriptions (
+        user_id        TEXT PRIMARY KEY REFERENCES users (id),
+        character_ids  TEXT NOT NULL DEFAULT '[]',
+        name_prefix    TEXT NOT NULL DEFAULT '',
+        updated_at     TEXT NOT NULL
+    )
+    """,
+    # The character as of each event that notified someone, once per event (not per
+    # recipient): an update event carries only the fields it changed.
+    """
+    CREATE TABLE notification_characters (
+        event_seq  INTEGER PRIMARY KEY REFERENCES events (seq),
+        character  TEXT NOT NULL
+    )
+    """,
+    # The retention sweep deletes by age.
+    "CREATE INDEX notifications_created_at ON notifications (created_at)",
+)
+
+
+def _v3_notifications(conn: sqlite3.Connection) -> None:
+    """Subscriptions, and the notifier's position set to the end of the log (when it has
+    events; a new database starts at 0): events recorded before notifications existed
+    notify nobody."""
+    for statement in _V3_STATEMENTS:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO sync_state (key, value, updated_at)"
+        " SELECT 'notify.position', CAST(COALESCE(MAX(seq), 0) AS TEXT),"
+        " strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now') FROM events"
+        " HAVING COUNT(*) > 0 ON CONFLICT (key) DO NOTHING"
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_change_detection, _v3_notifications)
 LATEST_VERSION = len(MIGRATIONS)
 
 

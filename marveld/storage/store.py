@@ -12,6 +12,7 @@ from marveld.storage.cache import CacheRepo
 from marveld.storage.changes import ChangeRepo
 from marveld.storage.characters import CharacterRepo
 from marveld.storage.database import DEFAULT_READERS, Database
+from marveld.storage.notifications import NotificationRepo
 from marveld.storage.reads import ReadRepo
 from marveld.storage.sync_state import SyncStateRepo
 from marveld.storage.users import UserRepo
@@ -30,6 +31,7 @@ class Store:
     reads: ReadRepo
     sync_state: SyncStateRepo
     webhooks: WebhookRepo
+    notifications: NotificationRepo
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -40,6 +42,7 @@ class Store:
         self.reads = ReadRepo(db)
         self.sync_state = SyncStateRepo(db)
         self.webhooks = WebhookRepo(db)
+        self.notifications = NotificationRepo(db)
 
     @classmethod
     @asynccontextmanager

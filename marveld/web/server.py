@@ -27,6 +27,7 @@ async def serve_asgi(
     port: int,
     *,
     name: str = "http",
+    websocket_ping_interval: float | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``host:port`` (port 0 picks a free one) until cancelled.
@@ -43,6 +44,8 @@ async def serve_asgi(
     config.h11_max_incomplete_size = 2 * MAX_HEADER_BYTES
     config.h2_max_header_list_size = 2 * MAX_HEADER_BYTES
     config.websocket_max_message_size = MAX_WEBSOCKET_MESSAGE_BYTES
+    # Pings keep idle WebSockets alive through proxies and find dead peers.
+    config.websocket_ping_interval = websocket_ping_interval
     async with trio.open_nursery() as nursery:
         limited: Any = RequestLimits(app)  # starlette's ASGI types, not hypercorn's: both fit
         binds: list[str] = await nursery.start(partial(serve, limited, config))

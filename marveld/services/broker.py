@@ -1,0 +1,140 @@
+"""In-memory fan-out of new notifications to live subscribers (gRPC streams, WebSockets).
+
+Each subscriber has a bounded queue (a trio memory channel). Publishing never waits: an
+item that does not fit closes that subscriber as ``evicted`` (it resumes from its cursor;
+nothing is lost, everything is in SQLite), so a slow consumer never slows the others nor
+grows memory. Everything here is synchronous: the saga publishes from trio, and a gRPC
+handler on the asyncio side reads with ``receive_nowait`` and is woken by a callback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import trio
+
+from marveld.domain.notifications import EVERYTHING, Filter, Notification
+from marveld.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+EVICTED: Final = "evicted"
+SHUTDOWN: Final = "shutdown"
+
+
+def _nothing() -> None:
+    return None
+
+
+class Subscriber:
+    """One live stream of one user: a bounded queue, a filter, and why it was closed."""
+
+    def __init__(
+        self, user_id: str, channel: str, size: int, stream_filter: Filter = EVERYTHING
+    ) -> None:
+        self.user_id = user_id
+        self.channel = channel
+        self.filter = stream_filter
+        self._send, self._receive = trio.open_memory_channel[Notification](size)
+        self.closed: str | None = None
+        # Called (synchronously) when an item arrives or the subscriber is closed.
+        self.wake: Callable[[], None] = _nothing
+
+    def offer(self, note: Notification) -> bool:
+        """Queue ``note`` if it matches the stream's filter; False when the queue is full
+        (the subscriber is then closed as evicted)."""
+        if self.closed is not None:
+            return True
+        if not self.filter.matches(note.marvel_id, note.name):
+            return True
+        try:
+            self._send.send_nowait(note)
+        except trio.WouldBlock:
+            self.close(EVICTED)
+            return False
+        self.wake()
+        return True
+
+    def next_nowait(self) -> Notification | None:
+        """The next queued notification, or None when there is none (yet)."""
+        try:
+            return self._receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return None
+
+    async def next(self) -> Notification | None:
+        """Wait for the next notification (trio); None once closed."""
+        if self.closed is not None:
+            return None
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return None
+
+    @property
+    def backlog(self) -> int:
+        return self._receive.statistics().current_buffer_used
+
+    def close(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = reason
+            self._send.close()
+            self.wake()
+
+
+class Broker:
+    """Subscribers by user; ``position`` is the newest cursor published (the saga's)."""
+
+    def __init__(self, metrics: Metrics, *, queue_size: int) -> None:
+        self._metrics = metrics
+        self.queue_size = queue_size
+        self._by_user: dict[str, set[Subscriber]] = {}
+        self.position = 0
+
+    def subscribe(
+        self, user_id: str, channel: str, stream_filter: Filter = EVERYTHING
+    ) -> Subscriber:
+        sub = Subscriber(user_id, channel, self.queue_size, stream_filter)
+        self._by_user.setdefault(user_id, set()).add(sub)
+        self._metrics.subscribers.labels(channel=channel).inc()
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        subs = self._by_user.get(sub.user_id)
+        if subs is None or sub not in subs:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self._by_user[sub.user_id]
+        sub.close(sub.closed or "gone")
+        self._metrics.subscribers.labels(channel=sub.channel).dec()
+
+    def publish(self, notes: Sequence[Notification], position: int) -> None:
+        """Offer each note to its recipient's subscribers, then advance ``position``."""
+        for note in notes:
+            for sub in tuple(self._by_user.get(note.recipient_id, ())):
+                if not sub.offer(note):
+                    self._metrics.subscribers_evicted.labels(channel=sub.channel).inc()
+                    log.info(
+                        "%s subscriber of user %s evicted: its queue of %d is full",
+                        sub.channel,
+                        sub.user_id,
+                        self.queue_size,
+                    )
+        self.position = max(self.position, position)
+
+    def count(self, channel: str | None = None) -> int:
+        return sum(
+            1
+            for subs in self._by_user.values()
+            for sub in subs
+            if channel is None or sub.channel == channel
+        )
+
+    def close_all(self, reason: str = SHUTDOWN, channel: str | None = None) -> None:
+        for subs in tuple(self._by_user.values()):
+            for sub in tuple(subs):
+                if channel is None or sub.channel == channel:
+                    sub.close(reason)
