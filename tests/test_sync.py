@@ -152,6 +152,23 @@ async def test_a_webhook_change_shows_in_get_and_in_a_cached_list_within_a_secon
     assert 'marveld_webhook_deliveries_total{outcome="applied"} 1.0' in metrics
 
 
+async def test_two_changes_to_one_character_in_one_second_are_two_deliveries(
+    hooked: Running, admin: dict[str, str]
+) -> None:
+    for text in ("First change.", "Second change."):
+        await sim_post(hooked.sim, f"/_sim/characters/{SPIDER_MAN}", {"description": text})
+
+    async def second_applied() -> bool:
+        got = await get_character(hooked, admin, SPIDER_MAN)
+        return bool(got.description == "Second change.")
+
+    await wait_until(second_applied, seconds=2.0, what="the second change")
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"{hooked.http}/metrics")).text
+    assert 'marveld_webhook_deliveries_total{outcome="accepted"} 2.0' in metrics
+    assert 'outcome="duplicate"' not in metrics
+
+
 async def test_a_change_without_webhook_is_picked_up_by_the_next_poll(
     hooked: Running, admin: dict[str, str]
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
@@ -33,7 +34,12 @@ def queue_webhook(state: SimState, kind: str, ids: Sequence[int], occurred_at: d
     if not state.webhook_url:
         return False
     payload = WebhookPayload(type=kind, ids=tuple(ids), occurred_at=occurred_at)
-    body = json.dumps(payload.to_json(), separators=(",", ":")).encode()
+    # Each delivery has an id of its own: the receiver tells deliveries apart by their
+    # signature, and two changes to one character in one second would otherwise sign the
+    # same body, the second then taken for a replay of the first.
+    body = json.dumps(
+        {**payload.to_json(), "delivery_id": uuid.uuid4().hex}, separators=(",", ":")
+    ).encode()
     try:
         state.webhook_queue.send_nowait(body)
     except trio.WouldBlock:
