@@ -30,6 +30,7 @@ import re
 import stat
 import sys
 import textwrap
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from enum import Enum
@@ -97,6 +98,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     get = command("get", "one character by Marvel's id")
     get.add_argument("id", type=int)
 
+    watch = command(
+        "watch", "notifications as they happen, resuming after the last one seen (Ctrl-C stops)"
+    )
+    watch.add_argument(
+        "--after-cursor", type=int, default=None, help="start after this cursor (0: all kept)"
+    )
+    watch.add_argument("--count", type=int, default=None, help="stop after this many notifications")
+
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: a value given after the sub-command is not overwritten by a default.
@@ -133,6 +142,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             timeout=getattr(args, "timeout", DEFAULT_TIMEOUT),
             tokens=TokenStore(config_dir(env) / TOKEN_FILE),
         )
+        if args.client_command == "watch":
+            return _watch(client, args)
         result = COMMANDS[args.client_command](client, args, env)
     except ClientError as exc:
         print(f"marveld client: {exc}", file=sys.stderr)
@@ -176,13 +187,17 @@ class Client:
             )
         return {"authorization": f"Bearer {token['access_token']}"}
 
-    def call(self, fn: Callable[[Channel], Awaitable[T]]) -> T:
-        """``await fn(channel)`` on a plain asyncio loop; failures become one-line errors."""
+    def call(self, fn: Callable[[Channel], Awaitable[T]], *, bounded: bool = True) -> T:
+        """``await fn(channel)`` on a plain asyncio loop; failures become one-line errors.
+        ``bounded``: the whole call ends within the timeout (not for a stream)."""
 
-        async def bounded() -> T:
+        async def run_it() -> T:
             # The whole call, connecting included, ends within the timeout: a client
             # dialling a dead port can otherwise hang (it may even connect to itself).
-            async with asyncio.timeout(self.timeout), Channel(self.host, self.port) as channel:
+            async with (
+                asyncio.timeout(self.timeout if bounded else None),
+                Channel(self.host, self.port) as channel,
+            ):
                 return await fn(channel)
 
         # asyncio.run(bounded()) is all a program of your own needs. marveld's modules
@@ -190,7 +205,7 @@ class Client:
         # loop, so the loop is made explicitly here.
         try:
             with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
-                return runner.run(bounded())
+                return runner.run(run_it())
         except GRPCError as exc:
             relogin = exc.status is Status.UNAUTHENTICATED
             hint = " (log in again: marveld client login)" if relogin else ""
@@ -312,6 +327,63 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace, Mapping[str, str]], Ou
     "search": _search,
     "get": _get,
 }
+
+
+RESUMABLE = (Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED)
+WATCH_RETRY_MAX_SECONDS = 30.0
+
+
+def _watch(client: Client, args: argparse.Namespace) -> int:
+    """Print notifications as they come (one line each, or a JSON object a line with
+    ``--json``), keeping the last cursor beside the token so the next ``watch`` resumes
+    there. A stream that ends (daemon restart, a slow consumer cut loose) is resumed."""
+    metadata = client.metadata()
+    stored = (client.tokens.get(client.server) or {}).get("watch_cursor")
+    cursor: int | None = args.after_cursor if args.after_cursor is not None else stored
+    seen, wait = 0, 1.0
+
+    def done() -> bool:
+        return args.count is not None and seen >= args.count
+
+    async def stream(channel: Channel) -> None:
+        nonlocal cursor, seen, wait
+        request = pb.SubscribeRequest(after_cursor=cursor)
+        stub = pb.NotificationServiceStub(channel)
+        async for note in stub.subscribe(request, metadata=metadata):
+            wait = 1.0
+            cursor = note.cursor
+            if not note.heartbeat:
+                seen += 1
+                data = _data(note)
+                as_json = getattr(args, "json", False)
+                line = json.dumps(_plain(data), ensure_ascii=False) if as_json else _note(note)
+                print(line, flush=True)
+            entry = client.tokens.get(client.server)
+            if entry is not None:
+                client.tokens.put(client.server, {**entry, "watch_cursor": cursor})
+            if done():
+                return
+
+    try:
+        while not done():
+            try:
+                client.call(stream, bounded=False)
+            except ClientError as exc:
+                if not str(exc).startswith(tuple(s.name for s in RESUMABLE)):
+                    raise
+                print(f"marveld client: {exc}; resuming in {wait:g} s", file=sys.stderr)
+                time.sleep(wait)
+                wait = min(wait * 2, WATCH_RETRY_MAX_SECONDS)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _note(note: pb.Notification) -> str:
+    when = _time(note.occurred_at) or ""
+    kind = note.type.name.removeprefix("CHARACTER_").lower()
+    marvel_id = note.character.id if note.character is not None else ""
+    return f"{note.cursor:>8}  {when}  {kind:<8} {marvel_id:>8}  {note.message}"
 
 
 def _password(args: argparse.Namespace, env: Mapping[str, str], *, confirm: bool) -> str:
