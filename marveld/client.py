@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -38,15 +39,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import betterproto2
+import trio
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from marveld.proto.marvel import v1 as pb
 
 T = TypeVar("T")
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+DEFAULT_HTTP = "127.0.0.1:8080"
 DEFAULT_TIMEOUT = 10.0
 TOKEN_FILE = "token.json"
 _SERVER = re.compile(r"(?:\[(?P<ipv6>[0-9a-fA-F:.]+)\]|(?P<host>[\w.-]+)):(?P<port>[0-9]{1,5})")
@@ -105,6 +109,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--after-cursor", type=int, default=None, help="start after this cursor (0: all kept)"
     )
     watch.add_argument("--count", type=int, default=None, help="stop after this many notifications")
+    watch.add_argument(
+        "--ws", action="store_true", help="over the WebSocket of the HTTP port, not gRPC"
+    )
+    watch.add_argument(
+        "--http",
+        default=None,
+        help=f"the HTTP address, for --ws (default $MARVELD_CLIENT_HTTP, else {DEFAULT_HTTP})",
+    )
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +155,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             tokens=TokenStore(config_dir(env) / TOKEN_FILE),
         )
         if args.client_command == "watch":
+            if args.ws:
+                http = args.http or env.get("MARVELD_CLIENT_HTTP") or DEFAULT_HTTP
+                return _watch_ws(client, args, http)
             return _watch(client, args)
         result = COMMANDS[args.client_command](client, args, env)
     except ClientError as exc:
@@ -377,6 +392,52 @@ def _watch(client: Client, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _watch_ws(client: Client, args: argparse.Namespace, http: str) -> int:
+    """``watch --ws``: the same over ``GET /v1/notifications/ws`` (trio-websocket); JSON
+    lines as the WebSocket sends them, or the same one-line form as the gRPC watch."""
+    metadata = client.metadata()
+    stored = (client.tokens.get(client.server) or {}).get("watch_cursor")
+    cursor: int | None = args.after_cursor if args.after_cursor is not None else stored
+    seen, as_json = 0, getattr(args, "json", False)
+
+    async def watch() -> None:
+        nonlocal cursor, seen
+        wait = 1.0
+        while args.count is None or seen < args.count:
+            query = "" if cursor is None else f"?after_cursor={cursor}"
+            url = f"ws://{http}/v1/notifications/ws{query}"
+            headers = [(b"authorization", metadata["authorization"].encode())]
+            try:
+                async with open_websocket_url(url, extra_headers=headers) as ws:
+                    while args.count is None or seen < args.count:
+                        message = json.loads(await ws.get_message())
+                        wait, cursor = 1.0, int(message["cursor"])
+                        if not message["heartbeat"]:
+                            seen += 1
+                            print(json.dumps(message) if as_json else _ws_note(message), flush=True)
+                        entry = client.tokens.get(client.server)
+                        if entry is not None:
+                            client.tokens.put(client.server, {**entry, "watch_cursor": cursor})
+            except (ConnectionClosed, HandshakeError, OSError) as exc:
+                print(
+                    f"marveld client: the WebSocket closed ({exc}); resuming in {wait:g} s",
+                    file=sys.stderr,
+                )
+                await trio.sleep(wait)
+                wait = min(wait * 2, WATCH_RETRY_MAX_SECONDS)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(watch)
+    return 0
+
+
+def _ws_note(message: Mapping[str, Any]) -> str:
+    kind = str(message.get("type", "")).removeprefix("CHARACTER_").lower()
+    marvel_id = (message.get("character") or {}).get("id", "")
+    when = message.get("occurred_at") or ""
+    return f"{message['cursor']:>8}  {when}  {kind:<8} {marvel_id:>8}  {message.get('message', '')}"
 
 
 def _note(note: pb.Notification) -> str:

@@ -54,3 +54,22 @@ async def test_watch_prints_notifications_and_resumes_where_it_stopped(
     lines = table.out.splitlines()
     assert len(lines) == 2
     assert all(str(HULK) in line and "updated" in line for line in lines)
+
+
+async def test_watch_over_the_websocket(notified: Running, client: Client) -> None:
+    assert (await client("register", "--name", "Vis", "--email", "v@example.com")).code == 0
+    assert (await client("login", "--email", "v@example.com")).code == 0
+    await change(notified, HULK, "Seen on the WebSocket.")
+    http = f"127.0.0.1:{notified.endpoints.http_port}"
+    got = await client(
+        "watch", "--ws", "--http", http, "--after-cursor", "0", "--count", "1", "--json"
+    )
+    assert got.code == 0, got.err
+    (note,) = [json.loads(line) for line in got.out.splitlines()]
+    assert note["character"]["description"] == "Seen on the WebSocket."
+    # The gRPC watch resumes after what the WebSocket watch saw.
+    await change(notified, HULK, "Then over gRPC.")
+    then = await client("watch", "--count", "1", "--json")
+    (after,) = [json.loads(line) for line in then.out.splitlines()]
+    assert after["cursor"] > note["cursor"]
+    assert after["character"]["description"] == "Then over gRPC."

@@ -38,6 +38,8 @@ OWNERS = {
     "hypercorn": ("web/server.py",),
     "starlette": ("web", "sim"),
     "prometheus_client": ("metrics.py",),
+    # The WebSocket client: `marveld client watch --ws` (the daemon serves with hypercorn).
+    "trio_websocket": ("client.py",),
     "argon2": ("services/security.py",),
     "jwt": ("services/security.py",),
 }
