@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 import trio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from bench.harness import free_port
 from marveld import daemon
@@ -77,7 +79,9 @@ async def daemon_process(
             yield Running(settings, endpoints, sim, client), proc
     finally:
         with trio.CancelScope(shield=True):
-            if kill:
+            if proc.returncode is not None:
+                pass  # the test stopped it
+            elif kill:
                 proc.kill()  # SIGKILL: no cleanup, no exception handler runs
             else:
                 proc.send_signal(signal.SIGTERM)
@@ -127,3 +131,46 @@ async def test_a_daemon_killed_between_the_events_and_their_delivery_loses_nothi
     assert polled.next_cursor == resumed[-1].cursor
     once = "SELECT count(*), count(DISTINCT recipient_id || ':' || event_seq) FROM notifications"
     assert rows(m, once)[0][0] == rows(m, once)[0][1]
+
+
+async def test_a_stream_ends_with_its_cursor_at_shutdown_and_resumes_after_a_restart(
+    sim: SimHandle, tmp_path: Path
+) -> None:
+    async with daemon_process(tmp_path, sim, 1, kill=False) as (m, proc):
+        admin = await make_admin(m)
+        await trigger_sync(m, admin)
+        auth = await register_and_login(m)
+        async with grpc_stream(m.client, auth) as stream:
+            assert (await stream.next(heartbeats=True)).heartbeat  # live
+            await change(m, SPIDER_MAN, "Seen before the stop.", webhook=False)
+            await trigger_sync(m, admin)
+            delivered = [await stream.next(seconds=10)]
+            # Committed, maybe not yet delivered, when the daemon is told to stop.
+            await change(m, HULK, "Made before the stop.", webhook=False)
+            await trigger_sync(m, admin)
+            proc.send_signal(signal.SIGTERM)
+            while isinstance(item := await stream.next(seconds=15), pb.Notification):
+                delivered.append(item)
+            with trio.fail_after(15):
+                await proc.wait()
+    if item is None:  # a normal end: resume after the last notification received
+        cursor = delivered[-1].cursor
+    else:
+        assert isinstance(item, GRPCError), item
+        assert item.status is Status.UNAVAILABLE, item
+        cursor = int(stream.trailers["resume-cursor"])
+        assert f"after_cursor={cursor}" in (item.message or "")
+        assert delivered[0].cursor <= cursor <= delivered[-1].cursor
+    await change(m, CAPTAIN_AMERICA, "Made while stopped.", webhook=False)
+
+    async with daemon_process(tmp_path, sim, 2, kill=False) as (m, _):
+        await trigger_sync(m, admin)
+        polled = await list_notifications(m, auth)
+        expected = [n.id for n in polled.notifications]
+        kept = [n for n in delivered if n.cursor <= cursor]
+        async with grpc_stream(m.client, auth, after_cursor=cursor) as stream:
+            resumed = [await stream.next(seconds=10) for _ in range(len(expected) - len(kept))]
+            assert (await stream.next(heartbeats=True)).heartbeat  # and nothing more
+    texts = [n.character.description for n in polled.notifications]
+    assert texts == ["Seen before the stop.", "Made before the stop.", "Made while stopped."]
+    assert [n.id for n in [*kept, *resumed]] == expected  # none lost, none twice
