@@ -247,3 +247,29 @@ async def test_a_cursor_older_than_retention_is_failed_precondition(
     async with grpc_stream(m.client, auth, after_cursor=cursor) as stream:
         assert (await stream.next(heartbeats=True)).heartbeat
     assert (await list_notifications(m, auth, after=0)).next_cursor == cursor
+
+
+async def test_a_client_that_resets_its_stream_is_unsubscribed_on_the_server(
+    notified: Running,
+) -> None:
+    m = notified
+    auth = await register_and_login(m)
+    gauge = 'marveld_notification_subscribers{channel="grpc"}'
+
+    async def subscribers(count: int) -> bool:
+        return f"{gauge} {count}.0" in await m.metrics()
+
+    async with small_window_client(m.endpoints.grpc_port) as other:
+        async with grpc_stream(other, auth) as stream:
+            assert (await stream.next(heartbeats=True)).heartbeat  # subscribed and live
+            await wait_until(lambda: subscribers(1), what="one gRPC subscriber")
+            # The client goes away mid-stream: its connection closes under the stream.
+            await trio.to_thread.run_sync(other.run_sync, other.channel.close)
+            ended = await stream.ended()
+            assert not isinstance(ended, pb.Notification)
+        await wait_until(lambda: subscribers(0), what="the reset subscriber removed")
+    # The server still serves: a new subscriber is told of the next change.
+    async with grpc_stream(m.client, auth) as stream:
+        assert (await stream.next(heartbeats=True)).heartbeat
+        await change(m, SPIDER_MAN, "After a reset.")
+        assert (await stream.next()).character.description == "After a reset."
