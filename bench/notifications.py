@@ -33,7 +33,7 @@ from contextlib import closing
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import trio
@@ -137,16 +137,31 @@ def trigger_sync(port: int, admin: dict[str, str]) -> None:
     )
 
 
+class Synced(NamedTuple):
+    sim: Any
+    daemon: Any
+    db: Path
+    admin: dict[str, str]
+    auth: dict[str, str]
+
+
+def synced_daemon(procs: Any, user: str) -> Synced:
+    """A simulator and a daemon (slow heartbeats) after its first full sync, whose bulk
+    import notifies nobody; its database file, an admin's token and a new user's."""
+    sim = procs.sim()
+    daemon = procs.daemon(sim, MARVELD_NOTIFICATIONS_HEARTBEAT="600s")
+    procs.wait_ready()
+    db = procs.tmp / "daemon.db"
+    admin = grpc_call(daemon.grpc_port, lambda ch: login(ch, "Admin"))
+    trio.run(make_admin, db, "admin@example.com")
+    trigger_sync(daemon.grpc_port, admin)
+    auth = grpc_call(daemon.grpc_port, lambda ch: login(ch, user))
+    return Synced(sim, daemon, db, admin, auth)
+
+
 def fan_out(subscribers: int, workers: int) -> dict[str, Any]:
     with processes() as procs:
-        sim = procs.sim()
-        daemon = procs.daemon(sim, MARVELD_NOTIFICATIONS_HEARTBEAT="600s")
-        procs.wait_ready()
-        db = procs.tmp / "daemon.db"
-        admin = grpc_call(daemon.grpc_port, lambda ch: login(ch, "Admin"))
-        trio.run(make_admin, db, "admin@example.com")
-        trigger_sync(daemon.grpc_port, admin)  # the bulk import: nobody is notified
-        auth = grpc_call(daemon.grpc_port, lambda ch: login(ch, "Fan"))
+        sim, daemon, db, admin, auth = synced_daemon(procs, "Fan")
         rss_before = rss_kib(daemon.pid)
         ctx = multiprocessing.get_context("spawn")
         pipes, children = [], []
@@ -242,14 +257,7 @@ def seed(db: Path, user_email: str, count: int) -> None:
 
 def replay(count: int) -> dict[str, Any]:
     with processes() as procs:
-        sim = procs.sim()
-        daemon = procs.daemon(sim, MARVELD_NOTIFICATIONS_HEARTBEAT="600s")
-        procs.wait_ready()
-        db = procs.tmp / "daemon.db"
-        admin = grpc_call(daemon.grpc_port, lambda ch: login(ch, "Admin"))
-        trio.run(make_admin, db, "admin@example.com")
-        trigger_sync(daemon.grpc_port, admin)
-        auth = grpc_call(daemon.grpc_port, lambda ch: login(ch, "Replay"))
+        sim, daemon, db, admin, auth = synced_daemon(procs, "Replay")
         httpx.post(
             f"{sim.base_url}/_sim/characters/{SPIDER_MAN}",
             json={"description": "Seed."},
