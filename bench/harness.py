@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,28 +123,47 @@ class Processes:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> tuple[Path, Popen]:
         log_path = self.tmp / f"{name}.log"
-        log = log_path.open("wb")
+        log = log_path.open("ab")  # a restart under the same name appends
         proc = subprocess.Popen(args, env=env, stdout=log, stderr=log)
         self._running.append((name, proc, log))
-        self.logs.append(log_path)
+        if log_path not in self.logs:
+            self.logs.append(log_path)
         return log_path, proc
 
     def sim(
-        self, name: str = "sim", *, latency_ms: float = 0.0, daily_limit: int | None = None
+        self,
+        name: str = "sim",
+        *,
+        latency_ms: float = 0.0,
+        daily_limit: int | None = None,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> Sim:
-        """Start a simulator (call ``wait_ready`` before using it)."""
+        """Start a simulator (call ``wait_ready`` before using it); ``args`` are more
+        ``marveld sim`` options, ``env`` more environment variables."""
         port = free_port()
-        args = [*MARVELD, "sim", "--port", str(port), "--latency-ms", str(latency_ms)]
+        command = [*MARVELD, "sim", "--port", str(port), "--latency-ms", str(latency_ms)]
         if daily_limit is not None:
-            args += ["--daily-limit", str(daily_limit)]
-        log, proc = self._spawn(name, args, {**os.environ, **SECRETS})
+            command += ["--daily-limit", str(daily_limit)]
+        command += args
+        log, proc = self._spawn(name, command, {**os.environ, **SECRETS, **(env or {})})
         self._pending.append(f"http://127.0.0.1:{port}/_sim/stats")
         return Sim(name, port, latency_ms, proc, log)
 
-    def daemon(self, sim: Sim, name: str = "daemon", **settings: str) -> Daemon:
+    def daemon(
+        self,
+        sim: Sim,
+        name: str = "daemon",
+        *,
+        grpc_port: int | None = None,
+        http_port: int | None = None,
+        **settings: str,
+    ) -> Daemon:
         """Start a daemon with ``sim`` as its upstream; ``settings`` are environment
-        variables (``MARVELD_CACHE_MEMORY_ENTRIES="0"``) over ``DAEMON_SETTINGS``."""
-        grpc_port, http_port = free_port(), free_port()
+        variables (``MARVELD_CACHE_MEMORY_ENTRIES="0"``) over ``DAEMON_SETTINGS``. A daemon
+        started again under the same ``name`` opens the same database (a restart)."""
+        grpc_port = grpc_port or free_port()
+        http_port = http_port or free_port()
         env = {
             **os.environ,
             **SECRETS,
@@ -167,6 +186,26 @@ class Processes:
                     raise RuntimeError(f"{proc.args!r} exited with status {proc.returncode}")
             wait_until_up(url, seconds)
         self._pending.clear()
+
+    def kill(self, proc: Popen) -> None:
+        """SIGKILL ``proc`` (a crash: no clean-up runs) and forget it."""
+        proc.kill()
+        proc.wait(STOP_SECONDS)
+        self._forget(proc)
+
+    def terminate(self, proc: Popen, seconds: float = STOP_SECONDS) -> int:
+        """SIGTERM ``proc``, wait up to ``seconds`` for it, forget it; its exit status."""
+        proc.terminate()
+        status = proc.wait(seconds)
+        self._forget(proc)
+        return status
+
+    def _forget(self, proc: Popen) -> None:
+        for entry in self._running:
+            if entry[1] is proc:
+                self._running.remove(entry)
+                entry[2].close()
+                return
 
     def stop(self) -> None:
         """Terminate every process, newest first, and wait for each; note in ``exits``
