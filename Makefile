@@ -18,8 +18,8 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check marveld tests bench
-	$(BIN)/ruff format --check marveld tests bench
+	$(BIN)/ruff check marveld tests bench reliability
+	$(BIN)/ruff format --check marveld tests bench reliability
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
