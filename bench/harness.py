@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +56,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until_up(url: str, seconds: float = 30.0) -> None:
+def wait_until_up(url: str, seconds: float = 30.0, check: Callable[[], None] | None = None) -> None:
+    """Poll ``url`` until it answers; ``check`` (called between tries) may raise."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if check is not None:
+            check()
         try:
             httpx.get(url, timeout=1.0)
             return
@@ -157,11 +160,13 @@ class Processes:
         *,
         grpc_port: int | None = None,
         http_port: int | None = None,
+        env: Mapping[str, str] | None = None,
         **settings: str,
     ) -> Daemon:
-        """Start a daemon with ``sim`` as its upstream; ``settings`` are environment
-        variables (``MARVELD_CACHE_MEMORY_ENTRIES="0"``) over ``DAEMON_SETTINGS``. A daemon
-        started again under the same ``name`` opens the same database (a restart)."""
+        """Start a daemon with ``sim`` as its upstream; ``settings`` and ``env`` are
+        environment variables (``MARVELD_CACHE_MEMORY_ENTRIES="0"``) over
+        ``DAEMON_SETTINGS``. A daemon started again under the same ``name`` opens the same
+        database (a restart)."""
         grpc_port = grpc_port or free_port()
         http_port = http_port or free_port()
         env = {
@@ -172,6 +177,7 @@ class Processes:
             "MARVELD_HTTP_LISTEN": f"127.0.0.1:{http_port}",
             "MARVELD_DATABASE_PATH": str(self.tmp / f"{name}.db"),
             "MARVELD_UPSTREAM_URL": sim.api_url,
+            **(env or {}),
             **settings,
         }
         log, proc = self._spawn(name, [*MARVELD, "serve", "--config", str(self._config)], env)
@@ -181,11 +187,16 @@ class Processes:
     def wait_ready(self, seconds: float = 30.0) -> None:
         """Wait until every process started since the last call answers over HTTP."""
         for url in self._pending:
-            for _, proc, _ in self._running:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{proc.args!r} exited with status {proc.returncode}")
-            wait_until_up(url, seconds)
+            wait_until_up(url, seconds, self._check_alive)
         self._pending.clear()
+
+    def _check_alive(self) -> None:
+        for name, proc, _ in self._running:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with status {proc.returncode} before it was ready; "
+                    f"its log: {self.tmp / name}.log"
+                )
 
     def kill(self, proc: Popen) -> None:
         """SIGKILL ``proc`` (a crash: no clean-up runs) and forget it."""

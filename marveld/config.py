@@ -70,6 +70,7 @@ class UpstreamSettings:
     poller_reserve: int
     breaker_failures: int
     breaker_cooldown: float
+    etag_max_age: float
 
     def __post_init__(self) -> None:
         if self.backoff_initial > self.backoff_max:
@@ -198,7 +199,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upstream", "url", "url", "http://127.0.0.1:8089/v1/public",
             "Root of the Marvel-compatible API; the default is a local `marveld sim`.",
             check=_api_root),
-    Setting("upstream", "timeout", "duration", "10s", "Time limit of one upstream request."),
+    Setting("upstream", "timeout", "duration", "10s",
+            "Time limit of one upstream request (one attempt, its whole body included)."),
     Setting("upstream", "max_attempts", "int", 4,
             "Attempts per upstream call, the first one included.", bounds=(1, 10)),
     Setting("upstream", "backoff_initial", "duration", "0.2s",
@@ -213,6 +215,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Failed upstream calls in a row that open the circuit breaker.", bounds=(1, 1000)),
     Setting("upstream", "breaker_cooldown", "duration", "30s",
             "How long an open breaker fails fast before it lets one trial call through."),
+    Setting("upstream", "etag_max_age", "duration", "6h",
+            "How long after a full answer its etag is sent (If-None-Match); later asks are "
+            "unconditional, so an upstream whose 304s lie cannot keep an old page alive."),
     Setting("cache", "ttl", "duration", "1h", "How long a cached answer stays fresh."),
     Setting("cache", "stale_while_revalidate", "duration", "5m",
             "After ttl: serve the stale answer at once and refresh it in the background."),

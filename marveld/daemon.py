@@ -149,6 +149,7 @@ async def run(
                 stale_while_revalidate=cache.stale_while_revalidate,
                 stale_if_error=cache.stale_if_error,
                 negative_ttl=cache.negative_ttl,
+                etag_max_age=settings.upstream.etag_max_age,
             ),
             encode=convert.encode_answer,
             sweep_interval=cache.sweep_interval,
@@ -163,6 +164,7 @@ async def run(
             clock,
             forget_cached=characters.forget,
             on_committed=notifications.poke,
+            etag_max_age=settings.upstream.etag_max_age,
         )
         webhooks = WebhookService(
             store, marvel, sync, metrics, clock, secret=secrets.webhook_secret

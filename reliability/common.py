@@ -22,6 +22,7 @@ class Report:
     settings: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    tables: dict[str, Any] = field(default_factory=dict)  # written, not printed
     started: float = field(default_factory=time.time)
 
     def figure(self, label: str, value: Any) -> None:
@@ -48,6 +49,7 @@ class Report:
             "machine": f"{platform.node()} {platform.machine()} python {sys.version.split()[0]}",
             "settings": self.settings,
             "figures": self.figures,
+            "tables": self.tables,
             "problems": self.problems,
         }
         path = RESULTS / f"{self.suite}.json"

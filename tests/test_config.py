@@ -69,6 +69,7 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         poller_reserve=100,
         breaker_failures=5,
         breaker_cooldown=30.0,
+        etag_max_age=6 * 3600.0,
     )
     assert s.cache == config.CacheSettings(
         ttl=3600.0,
@@ -155,7 +156,7 @@ def test_values_from_the_file(tmp_path: Path) -> None:
     assert s.http.listen == HostPort("::1", 0)
     assert s.database.path == Path("/var/lib/marveld/marveld.db")
     assert s.upstream == config.UpstreamSettings(
-        "https://marvel.example.com/v1/public", 2.5, 2, 0.1, 60.0, 1000, 100, 5, 30.0
+        "https://marvel.example.com/v1/public", 2.5, 2, 0.1, 60.0, 1000, 100, 5, 30.0, 21600.0
     )
     assert (s.cache.ttl, s.poller.interval, s.auth.token_ttl) == (900.0, 5400.0, 86400.0)
     assert s.auth.issuer == "marveld.example.com"
@@ -332,7 +333,8 @@ def test_unknown_key_with_a_hint(tmp_path: Path) -> None:
     message = error(tmp_path, "[upstream]\nzzz = 1\n")
     assert message.endswith(
         "[upstream] unknown key: zzz (known: url, timeout, max_attempts, backoff_initial,"
-        " backoff_max, daily_budget, poller_reserve, breaker_failures, breaker_cooldown)"
+        " backoff_max, daily_budget, poller_reserve, breaker_failures, breaker_cooldown,"
+        " etag_max_age)"
     )
 
 
@@ -567,7 +569,7 @@ def test_the_example_file_documents_every_setting_and_holds_the_defaults(tmp_pat
     defaults = tmp_path / "empty.toml"
     defaults.write_text("")
     assert load_settings(path, SECRET_ENV) == load_settings(defaults, SECRET_ENV)
-    assert len(tomllib.loads(uncommented)["upstream"]) == 9
+    assert len(tomllib.loads(uncommented)["upstream"]) == 10
 
 
 def test_the_markdown_reference() -> None:

@@ -59,6 +59,7 @@ async def test_put_then_get_round_trips_the_page(store: Store, db_path: Path) ->
         expires_at=T0 + TTL,
         etag="etag-1",
         character_ids=(1, 2),
+        body_fetched_at=T0,
     )
     assert await store.cache.get("characters?limit=21") is None
     assert tags(db_path) == {("characters?limit=20", 1), ("characters?limit=20", 2)}

@@ -24,6 +24,13 @@ class CachePolicy:
     stale_while_revalidate: float
     stale_if_error: float
     negative_ttl: float
+    # How long after a full answer the upstream is asked with its etag (If-None-Match).
+    etag_max_age: float = float("inf")
+
+    def conditional(self, fetched_at: datetime, now: datetime) -> bool:
+        """Whether a copy fetched in full at ``fetched_at`` may be revalidated with its
+        etag, or must be fetched again unconditionally (its etag is too old to trust)."""
+        return (now - fetched_at).total_seconds() < self.etag_max_age
 
     def expires_at(self, page: CharacterPage, now: datetime) -> datetime:
         """Fresh until then: empty answers (no characters) for the short negative TTL."""

@@ -249,6 +249,7 @@ class CharacterService:
             expires_at=entry.expires_at,
             etag=entry.etag,
             encoded=self._encode(key, entry.page),
+            body_fetched_at=entry.body_fetched_at,
         )
         self._memory.put(held)
         served = self._from_cache(key, fetch, held, self._clock(), tier="sqlite")
@@ -269,16 +270,25 @@ class CharacterService:
 
     async def _fetch_and_keep(self, key: str, fetch: Fetch, held: Answer | None) -> Answer:
         """One upstream call (with the etag of what we hold), stored in both tiers."""
-        etag = held.etag if held is not None else None
+        body_fetched_at = None if held is None else held.body_fetched_at or held.fetched_at
+        conditional = body_fetched_at is not None and self._policy.conditional(
+            body_fetched_at, self._clock()
+        )
+        etag = held.etag if held is not None and conditional else None
         page = await self._breaker.call(lambda: fetch(etag))
-        if page is None:  # 304 Not Modified: the upstream confirmed our copy
-            if held is None:
-                raise UpstreamError("upstream answered 304 to a request without an etag")
-            page = held.page
         now = self._clock()
+        fetched_at = now
+        if page is None:  # 304 Not Modified: the upstream confirmed our copy
+            if held is None or etag is None:
+                raise UpstreamError("upstream answered 304 to a request without an etag")
+            # The body stays as old as its last full fetch: etag_max_age counts from there.
+            page, fetched_at = held.page, body_fetched_at or now
         expires = self._policy.expires_at(page, now)
         # The put records what changed (events) and drops the other answers it made stale.
-        self._memory.forget(await self._store.cache.put(key, page, now=now, expires_at=expires))
+        forgotten = await self._store.cache.put(
+            key, page, now=now, expires_at=expires, fetched_at=fetched_at
+        )
+        self._memory.forget(forgotten)
         if self._on_stored is not None:
             self._on_stored()
         answer = Answer(
@@ -288,6 +298,7 @@ class CharacterService:
             expires_at=expires,
             etag=page.etag,
             encoded=self._encode(key, page),
+            body_fetched_at=fetched_at,
         )
         self._memory.put(answer)
         return answer

@@ -28,6 +28,7 @@ class Answer:
     expires_at: datetime
     etag: str | None
     encoded: bytes
+    body_fetched_at: datetime | None = None  # when not fetched_at: the last 200 (see 304s)
 
     @property
     def size(self) -> int:

@@ -10,7 +10,9 @@ cache keys the batch invalidated, for the memory tier in front of SQLite.
   ``bootstrap:<run>``, ``sync.bootstrap`` says ``"bulk": true``): they notify nobody.
 - **Poll** asks for ``modifiedSince=<newest modified seen>&orderBy=modified&limit=100``
   with ``If-None-Match`` set to the etag of that same first page last time, so an
-  unchanged poll costs one call answered 304. Later pages are asked for by keyset
+  unchanged poll costs one call answered 304 (the etag is sent for ``etag_max_age`` after
+  the page was last fetched in full; then one unconditional poll refreshes it, so an
+  upstream whose 304s lie is caught). Later pages are asked for by keyset
   (``modifiedSince`` = the last ``modified`` seen, ``offset`` = how many with that time
   were seen), so a character changing mid-poll cannot shift one past the pages. Each page
   advances the checkpoint in its own transaction: a failed poll loses no place.
@@ -76,6 +78,7 @@ class SyncService:
         *,
         page_size: int = PAGE_SIZE,
         on_committed: Callable[[BatchResult], None] | None = None,
+        etag_max_age: float = float("inf"),
     ) -> None:
         """``on_committed``: called (synchronously) after each batch that appended events,
         once it is committed (the notifier's wake-up)."""
@@ -86,6 +89,7 @@ class SyncService:
         self._forget = forget_cached
         self._page_size = page_size
         self._on_committed = on_committed
+        self._etag_max_age = etag_max_age
         self._running = trio.Lock()
 
     async def first_sync_done(self) -> bool:
@@ -202,7 +206,8 @@ class SyncService:
             params = self._poll_params(since, skip)
             key = urlencode(sorted(params.items()))
             stored = saved[POLL_FIRST_PAGE] or {}
-            etag = stored.get("etag") if first and stored.get("params") == key else None
+            trusted = first and stored.get("params") == key and self._trusted(stored)
+            etag = stored.get("etag") if trusted else None
             page = await self._upstream.list_characters(params, etag=etag, purpose=POLLER)
             if page is None:  # 304: nothing changed since the last poll
                 now = _text(self._clock())
@@ -212,7 +217,8 @@ class SyncService:
             newest = _newest(newest, page.characters)
             rows: dict[str, Any] = {POLL_CHECKPOINT: {"modified_since": newest}}
             if first:
-                rows[POLL_FIRST_PAGE] = {"params": key, "etag": page.etag}
+                fetched = _text(self._clock())
+                rows[POLL_FIRST_PAGE] = {"params": key, "etag": page.etag, "fetched_at": fetched}
             done = len(page.characters) < self._page_size
             if done:
                 now = _text(self._clock())
@@ -227,6 +233,15 @@ class SyncService:
             else:
                 skip += len(page.characters)
             first = False
+
+    def _trusted(self, first_page: Mapping[str, Any]) -> bool:
+        """Whether the first page's etag is recent enough to send (``etag_max_age`` since
+        the page was fetched in full); a checkpoint without the time is not."""
+        fetched = first_page.get("fetched_at")
+        if not isinstance(fetched, str):
+            return False
+        age = (self._clock() - datetime.fromisoformat(fetched)).total_seconds()
+        return age < self._etag_max_age
 
     def _poll_params(self, since: datetime | None, skip: int) -> dict[str, str]:
         params = {"orderBy": "modified", "limit": str(self._page_size), "offset": str(skip)}

@@ -20,9 +20,10 @@ from marveld.sim import errors
 from marveld.sim.auth import check_credentials
 from marveld.sim.catalogue import Entry
 from marveld.sim.editor import EDIT_PATH, Editor, EditorApi
+from marveld.sim.faults import FAULTS_PATH, FaultsApi, inject
 from marveld.sim.params import DEFAULT_LIMIT, check_known, last_values, parse_list_query
 from marveld.sim.render import JSON_TYPE, etag_matches, render_page
-from marveld.sim.state import Fault, SimState
+from marveld.sim.state import SimState
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,6 @@ CHARACTERS_PATH = f"{API_ROOT}/characters"
 STATS_PATH = "/_sim/stats"
 GZIP_MIN_BYTES = 500
 GZIP_LEVEL = 6
-# A dropped connection announces more body than it sends, so no client can take it for an
-# answer: httpx raises RemoteProtocolError (a TransportError).
-RESET_PROMISED_BYTES = 4096
 MAX_ID_DIGITS = 18
 
 
@@ -41,10 +39,13 @@ def build_app(state: SimState, editor: Editor) -> ASGIApp:
     """The whole simulator as one ASGI app, outermost first: front door, gzip, routes."""
     api = CharacterApi(state)
     edits = EditorApi(editor)
+    faults = FaultsApi(state)
     routes = [
         Route(CHARACTERS_PATH, api.list_characters, methods=["GET"]),
         Route(CHARACTERS_PATH + "/{character_id}", api.get_character, methods=["GET"]),
         Route(STATS_PATH, api.stats, methods=["GET"]),
+        Route(FAULTS_PATH, faults.get, methods=["GET"]),
+        Route(FAULTS_PATH, faults.put, methods=["PUT"]),
         Route(EDIT_PATH, edits.add_character, methods=["POST"]),
         Route(EDIT_PATH + "/{character_id}", edits.update_character, methods=["POST"]),
     ]
@@ -147,35 +148,16 @@ class FrontDoor:
         state.requests += 1
         if state.latency_ms > 0:
             await trio.sleep(state.latency_ms / 1000)
-        fault = state.roll_fault()
+        fault = state.roll_fault(
+            conditional=any(k == b"if-none-match" for k, _ in scope["headers"])
+        )
         if fault is None:
             await self._app(scope, receive, send)
             return
         state.failed += 1
-        log.debug("injecting %s for %s", fault.name, scope["path"])
-        if fault is Fault.ERROR:
-            await _send_error(send, errors.internal_error())
-        else:
-            await _drop(send)
+        log.debug("injecting %s for %s", fault.value, scope["path"])
+        await inject(fault, state.plan, self._app, scope, receive, send)
 
 
 def _is_character_call(path: str) -> bool:
     return path == CHARACTERS_PATH or path.startswith(CHARACTERS_PATH + "/")
-
-
-async def _send_error(send: Send, error: errors.ApiError) -> None:
-    body = error.encoded()
-    headers = [(b"content-type", JSON_TYPE.encode()), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _drop(send: Send) -> None:
-    """Start an answer and end the app without its body: hypercorn then closes the
-    connection, and the client sees the peer hang up mid-message."""
-    headers = [
-        (b"content-type", JSON_TYPE.encode()),
-        (b"content-length", b"%d" % RESET_PROMISED_BYTES),
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": 500, "headers": headers})

@@ -111,3 +111,17 @@ def throttled(retry_after: int) -> ApiError:
 
 def internal_error() -> ApiError:
     return ApiError(500, {"code": 500, "status": "Internal Server Error"})
+
+
+def service_unavailable(retry_after: int) -> ApiError:
+    """Not recorded: a 503 from the gateway, with Retry-After."""
+    return ApiError(
+        503,
+        {"code": "ServiceUnavailable", "message": "The service is temporarily unavailable."},
+        headers={"retry-after": str(retry_after)},
+    )
+
+
+def gateway_timeout() -> ApiError:
+    """Not recorded: the gateway gave up waiting for the API."""
+    return ApiError(504, {"code": "GatewayTimeout", "message": "The API did not answer in time."})

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from marveld.sim.faults import Fault, FaultPlan, parse_fault_arguments
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_CLI_PORT = 8089
 DEFAULT_PUBLIC_KEY = "sim-public"
@@ -31,6 +33,8 @@ class SimOptions:
     # The HMAC key of the webhooks it sends (MARVELD_WEBHOOK_SECRET).
     webhook_secret: str | None = field(default=None, repr=False)
     churn: float = 0.0  # random changes a minute, 0 for none
+    # Faults injected into character calls, as (fault, share of calls): see faults.py.
+    faults: tuple[tuple[Fault, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -49,6 +53,9 @@ class SimOptions:
             raise ValueError("webhook_url needs a webhook_secret (MARVELD_WEBHOOK_SECRET)")
         if not 0 <= self.churn <= MAX_CHURN:  # also refuses NaN
             raise ValueError(f"churn must be 0..{MAX_CHURN} changes a minute, not {self.churn}")
+        FaultPlan(rates=dict(self.faults))  # raises ValueError naming the fault
+        if self.fail_rate + sum(rate for _, rate in self.faults) > 1.0 + 1e-9:
+            raise ValueError("fail_rate and the fault rates add up to more than 1")
 
 
 def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +78,15 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="share (0..1) of character calls answered 500 or with a dropped connection",
+    )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND=RATE",
+        help="share (0..1) of character calls that get fault KIND; repeatable. Kinds: "
+        + ", ".join(f.value for f in Fault)
+        + ". Also settable at run time: PUT /_sim/faults",
     )
     parser.add_argument(
         "--daily-limit",
@@ -111,6 +127,7 @@ def options_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> SimOp
         seed=args.seed,
         webhook_secret=_secret(env, "MARVELD_WEBHOOK_SECRET"),
         churn=args.churn,
+        faults=tuple(parse_fault_arguments(args.fault).items()),
     )
 
 

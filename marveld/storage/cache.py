@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
-    """One stored page. ``created_at`` is when it was last fetched (insert or refresh)."""
+    """One stored page. ``created_at`` is when the upstream last confirmed it (a 200 or a
+    304); ``body_fetched_at`` when its body was last fetched in full (a 200)."""
 
     key: str
     page: CharacterPage
@@ -27,6 +28,7 @@ class CacheEntry:
     expires_at: datetime
     etag: str | None
     character_ids: tuple[int, ...]
+    body_fetched_at: datetime
 
 
 def _entry(row: sqlite3.Row) -> CacheEntry:
@@ -37,6 +39,7 @@ def _entry(row: sqlite3.Row) -> CacheEntry:
         expires_at=text_to_time(row["expires_at"]),
         etag=row["etag"],
         character_ids=tuple(load_json(row["character_ids"])),
+        body_fetched_at=text_to_time(row["body_fetched_at"] or row["created_at"]),
     )
 
 
@@ -50,8 +53,8 @@ class CacheRepo:
     async def get(self, key: str) -> CacheEntry | None:
         def select(conn: sqlite3.Connection) -> CacheEntry | None:
             row = conn.execute(
-                "SELECT cache_key, characters, etag, character_ids, created_at, expires_at"
-                " FROM cache WHERE cache_key = ?",
+                "SELECT cache_key, characters, etag, character_ids, created_at, expires_at,"
+                " body_fetched_at FROM cache WHERE cache_key = ?",
                 (key,),
             ).fetchone()
             return None if row is None else _entry(row)
@@ -59,13 +62,21 @@ class CacheRepo:
         return await self._db.read(select)
 
     async def put(
-        self, key: str, page: CharacterPage, *, now: datetime, expires_at: datetime
+        self,
+        key: str,
+        page: CharacterPage,
+        *,
+        now: datetime,
+        expires_at: datetime,
+        fetched_at: datetime | None = None,
     ) -> tuple[str, ...]:
         """Store (or refresh) the page under ``key`` and apply its characters through the
         diff (events, read table, invalidation; correlation id ``read-through:<key>``), in
-        ONE transaction. Returns the OTHER cache keys the changes invalidated, for the
-        memory tier to drop too."""
+        ONE transaction. ``fetched_at`` (default ``now``) is when the body was last fetched
+        in full (older than ``now`` after a 304). Returns the OTHER cache keys the changes
+        invalidated, for the memory tier to drop too."""
         stamp, expires = time_to_text(now), time_to_text(expires_at)
+        fetched = time_to_text(fetched_at or now)
         ids = list(dict.fromkeys(c.id for c in page.characters))
         body = dump_json(page.to_json())
         cause = f"read-through:{key}"
@@ -84,13 +95,14 @@ class CacheRepo:
             )
             cache_id = conn.execute(
                 "INSERT INTO cache (cache_key, characters, etag, character_ids,"
-                " created_at, updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " created_at, updated_at, expires_at, body_fetched_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (cache_key) DO UPDATE SET characters = excluded.characters,"
                 " etag = excluded.etag, character_ids = excluded.character_ids,"
                 " created_at = excluded.created_at, updated_at = excluded.updated_at,"
-                " expires_at = excluded.expires_at"
+                " expires_at = excluded.expires_at, body_fetched_at = excluded.body_fetched_at"
                 " RETURNING id",
-                (key, body, page.etag, dump_json(ids), stamp, stamp, expires),
+                (key, body, page.etag, dump_json(ids), stamp, stamp, expires, fetched),
             ).fetchone()[0]
             conn.execute("DELETE FROM cache_characters WHERE cache_id = ?", (cache_id,))
             conn.executemany(

@@ -303,7 +303,19 @@ def _v3_notifications(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_change_detection, _v3_notifications)
+def _v4_body_fetched_at(conn: sqlite3.Connection) -> None:
+    """When each cached body was last fetched in full: a 304 renews the entry but not its
+    body, and an etag older than ``upstream.etag_max_age`` is not sent again. NULL (rows
+    from before) reads as ``created_at``."""
+    conn.execute("ALTER TABLE cache ADD COLUMN body_fetched_at TEXT")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _v1_initial,
+    _v2_change_detection,
+    _v3_notifications,
+    _v4_body_fetched_at,
+)
 LATEST_VERSION = len(MIGRATIONS)
 
 

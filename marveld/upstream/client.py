@@ -75,8 +75,10 @@ class MarvelClient:
         on_request: OnRequest | None,
         before_attempt: BeforeAttempt | None,
         clock: Callable[[], float],
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self._http = http
+        self._timeout = timeout
         self._auth = auth
         self._retry = retry
         self._on_request = on_request
@@ -103,7 +105,8 @@ class MarvelClient:
     ) -> AsyncIterator[MarvelClient]:
         """A client for ``base_url`` (e.g. ``http://127.0.0.1:8089/v1/public``).
 
-        ``timeout`` bounds each attempt's connect, read, write and pool waits; ``clock``
+        ``timeout`` bounds each attempt as a whole (a body that trickles in does not reset
+        it), and each of its connect, read, write and pool waits; ``clock``
         gives the ``ts`` of the signature; ``transport`` replaces the network (tests).
         """
         url = httpx.URL(base_url)
@@ -125,6 +128,7 @@ class MarvelClient:
                 on_request=on_request,
                 before_attempt=before_attempt,
                 clock=clock,
+                timeout=timeout,
             )
 
     async def list_characters(
@@ -188,8 +192,14 @@ class MarvelClient:
         """One signed HTTP attempt, classified; translates httpx's errors, raises nothing."""
         query = {**params, **self._auth.params()}  # ours win over look-alike params
         try:
-            async with self._http.stream("GET", path, params=query, headers=headers) as streamed:
-                raw = b"".join([chunk async for chunk in streamed.aiter_raw()])
+            with trio.move_on_after(self._timeout) as deadline:
+                async with self._http.stream(
+                    "GET", path, params=query, headers=headers
+                ) as streamed:
+                    raw = b"".join([chunk async for chunk in streamed.aiter_raw()])
+            if deadline.cancelled_caught:
+                failed = Retryable(f"timed out: no complete answer in {self._timeout:g}s")
+                return _Result("timeout", error=failed)
             # Decoded from memory, not from the live stream: a DecodingError (bad gzip) raised
             # mid-stream leaves httpx's async generators unclosed, which trio reports as a
             # ResourceWarning (encode/httpx#3686). Transport errors close them as they unwind.
@@ -216,6 +226,13 @@ class MarvelClient:
     ) -> _Result[T]:
         status = response.status_code
         if 200 <= status < 300:
+            media_type = response.headers.get("content-type", "")
+            if not _is_json(media_type):  # a captive portal or a proxy's page
+                kind = media_type.split(";")[0].strip()
+                failed = Retryable(
+                    f"HTTP {status} with content-type {kind}, not JSON", malformed=True
+                )
+                return _Result("malformed", error=failed)
             try:
                 return _Result("ok", value=parse(json.loads(response.content)))
             except ValueError as exc:  # not JSON (json.JSONDecodeError, UnicodeDecodeError)
@@ -243,6 +260,13 @@ class MarvelClient:
             return _Result("not_found" if status == 404 else "client_error", error=rejected)
         unexpected = UpstreamError(f"upstream {what} answered an unexpected HTTP {status}")
         return _Result("malformed", error=unexpected)
+
+
+def _is_json(media_type: str) -> bool:
+    """Whether a Content-Type names JSON (``application/json``, ``...+json``); a missing
+    one is given the benefit of the doubt, the body is parsed anyway."""
+    kind = media_type.split(";")[0].strip().lower()
+    return not kind or kind == "application/json" or kind.endswith("+json")
 
 
 def _marvel_error(response: httpx.Response) -> tuple[str, int | str | None]:
