@@ -174,7 +174,7 @@ class Subscriber:
                 self.errors[exc.status.name] += 1
                 if exc.status is Status.UNAUTHENTICATED:
                     self.auth = await self._relogin()
-            except (TimeoutError, OSError, StreamTerminatedError, ConnectionError) as e:
+            except Exception as e:  # the daemon died under it, in whatever way: resume
                 self.errors[type(e).__name__] += 1
             await asyncio.sleep(0.1)
 
@@ -584,7 +584,6 @@ def final(run: Run) -> None:
     report.figure("re-deliveries (same cursor again)", sum(n - 1 for n in received.values()))
     report.figure("subscribe streams opened", subscriber.streams)
     report.figure("stream endings by cause", dict(subscriber.errors))
-    report.figure("problems", len(report.problems))
 
 
 def _spread(values: list[float]) -> str:
@@ -600,9 +599,22 @@ def log_problems(procs: Processes, report: Report) -> None:
         bad = [line for line in lines if not _level(line, "warning")]
         bad = [line for line in bad if "exited with status -9" not in line]
         for line in bad[:10]:
-            report.problem(f"{name} log: {line[:300]}")
+            report.problem(f"{name} log: {_summary(line)}")
         if len(bad) > 10:
             report.problem(f"{name} log: ... and {len(bad) - 10} more such lines")
+
+
+def _summary(line: str) -> str:
+    """A log line in short: a JSON record's message and its exception's last line."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line[:300]
+    if not isinstance(record, dict):
+        return line[:300]
+    exception = str(record.get("exception", "")).strip().splitlines()
+    where = [x.strip() for x in exception if x.strip().startswith("File ")][-1:]
+    return " | ".join([str(record.get("message")), *where, *exception[-1:]])[:600]
 
 
 def _level(line: str, level: str) -> bool:
