@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit proto proto-check lock bench clean
+.PHONY: run test lint typecheck unit proto proto-check lock bench crash clean
 
 run: $(STAMP)  ## start the daemon on its demo defaults, with the simulator as the upstream
 	$(BIN)/marveld serve --demo
@@ -48,6 +48,9 @@ lock:  ## re-pin every dependency (needs uv on PATH)
 
 bench: $(STAMP)  ## benchmarks: print figures and write them to bench/results/
 	$(BIN)/python -m bench
+
+crash: $(STAMP)  ## crash consistency: 50 SIGKILLs of the daemon, invariants after each
+	$(BIN)/python -m reliability.crash --rounds 50
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache

@@ -101,15 +101,20 @@ def event_log(conn: sqlite3.Connection) -> list[str]:
         after = {**before, **data["changes"]}
         if after == before:
             problems.append(f"{stream}: event {row['seq']} changes nothing (applied twice?)")
-        old, new = before.get("modified"), after.get("modified")
-        if old and new and _when(new) <= _when(old) and "modified" in data["changes"]:
+        old, new = _when(before.get("modified")), _when(after.get("modified"))
+        if old and new and new <= old and "modified" in data["changes"]:
             problems.append(f"{stream}: event {row['seq']} does not move modified forward")
         seen[stream] = after
     return problems
 
 
-def _when(text: str) -> datetime:
-    return datetime.fromisoformat(text)
+def _when(text: str | None) -> datetime | None:
+    """Marvel's ``modified``; None when missing or a placeholder such as Marvel's
+    ``-0001-11-30T00:00:00-0500`` for "never" (not a date Python can read)."""
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
 
 
 def projection(conn: sqlite3.Connection) -> list[str]:
