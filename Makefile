@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit proto proto-check lock bench crash clean
+.PHONY: run test lint typecheck unit proto proto-check lock bench reliability reliability-short clean
 
 run: $(STAMP)  ## start the daemon on its demo defaults, with the simulator as the upstream
 	$(BIN)/marveld serve --demo
@@ -49,8 +49,11 @@ lock:  ## re-pin every dependency (needs uv on PATH)
 bench: $(STAMP)  ## benchmarks: print figures and write them to bench/results/
 	$(BIN)/python -m bench
 
-crash: $(STAMP)  ## crash consistency: 50 SIGKILLs of the daemon, invariants after each
-	$(BIN)/python -m reliability.crash --rounds 50
+reliability: $(STAMP)  ## every reliability suite, full size (docs/reliability.md)
+	$(BIN)/python -m reliability
+
+reliability-short: $(STAMP)  ## every reliability suite at its CI size
+	$(BIN)/python -m reliability --short
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache

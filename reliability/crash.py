@@ -64,7 +64,7 @@ from marveld.proto.marvel import v1 as pb
 from reliability import invariants
 from reliability.common import Report
 
-DATASET = Path("/work/shared/data/marvel/characters.json")
+DATASET = Path(__file__).parents[2] / "shared" / "data" / "marvel" / "characters.json"
 WEBHOOK_SECRET = "crash-webhook-secret-crash-webhook-secret"
 DAEMON = "crash"
 PASSWORD = "crash suite password"
@@ -334,7 +334,7 @@ class Run:
 
     def start_daemon(self) -> Daemon:
         daemon = self.procs.daemon(
-            self.sim, DAEMON, grpc_port=self.grpc_port, http_port=self.http_port, **DAEMON_ENV
+            self.sim, DAEMON, grpc_port=self.grpc_port, http_port=self.http_port, env=DAEMON_ENV
         )
         self.procs.wait_ready(READY_SECONDS)
         return daemon
