@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from marveld.domain.changes import CHARACTER_ADDED, Event, project
-from marveld.domain.characters import Character, CharacterPage
+from marveld.domain.characters import Character, CharacterPage, parse_marvel_time
 from marveld.domain.notifications import LoggedEvent, silent
 from marveld.sim import marvel_hash
 
@@ -101,20 +101,23 @@ def event_log(conn: sqlite3.Connection) -> list[str]:
         after = {**before, **data["changes"]}
         if after == before:
             problems.append(f"{stream}: event {row['seq']} changes nothing (applied twice?)")
-        old, new = _when(before.get("modified")), _when(after.get("modified"))
-        if old and new and new <= old and "modified" in data["changes"]:
+        old, new = before.get("modified"), after.get("modified")
+        older, newer = _when(old), _when(new)
+        if older and newer and newer <= older and "modified" in data["changes"]:
             problems.append(f"{stream}: event {row['seq']} does not move modified forward")
         seen[stream] = after
     return problems
 
 
 def _when(text: str | None) -> datetime | None:
-    """Marvel's ``modified``; None when missing or a placeholder such as Marvel's
-    ``-0001-11-30T00:00:00-0500`` for "never" (not a date Python can read)."""
-    try:
-        return datetime.fromisoformat(text) if text else None
-    except ValueError:
+    """``modified`` as stored (Marvel's text), or None for none and for the placeholders
+    the API really sends (``-0001-11-30T00:00:00-0500``): no order to check then."""
+    if not text:
         return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return parse_marvel_time(text)
 
 
 def projection(conn: sqlite3.Connection) -> list[str]:

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +231,36 @@ async def test_a_poll_pages_by_keyset_and_a_failure_loses_no_place(
         assert r.rows(streams) == [(12,)]
         exposition = r.metrics.exposition()[0].decode()
         assert 'marveld_sync_runs_total{kind="poll",outcome="failed"} 1.0' in exposition
+
+
+async def test_a_change_mid_poll_to_a_character_counted_in_the_offset_loses_no_other(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # 12 changes in one second: the poll pages them by offset within that second. One of
+    # the first page's changes again before the second page, leaving that second: the
+    # offset (4) now skips one never seen. It must still be stored after the next poll.
+    async with rig(nursery, tmp_path, page_size=5, latency_ms=300) as r:
+        await r.sync.run_once()
+        second = utc_now().replace(microsecond=0)
+        r.sim.state.clock = lambda: second
+        ids = [c["id"] for c in json.loads(RECORDED_SLICE.read_text())][:12]
+        for n, marvel_id in enumerate(ids):
+            r.sim.editor.update(marvel_id, {"description": f"change {n}"}, notify=False)
+        updated = "SELECT json_extract(data, '$.marvel_id') FROM events WHERE type = ?"
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(r.sync.run_once)
+            # The first page: the newest character seen before (unchanged) and 4 changes.
+            await wait_until(lambda: len(r.rows(updated, CHARACTER_UPDATED)) == 4)
+            r.sim.state.clock = lambda: second + timedelta(seconds=1)
+            r.sim.editor.update(r.rows(updated, CHARACTER_UPDATED)[0][0], {"description": "again"})
+        await r.sync.run_once()
+        upstream = {i: r.sim.state.catalogue.get(i) for i in ids}
+        for marvel_id, entry in upstream.items():
+            stored = await r.store.reads.get(marvel_id)
+            assert entry is not None
+            assert stored is not None
+            assert stored.description == json.loads(entry.encoded)["description"], marvel_id
 
 
 async def test_the_poller_retries_with_backoff_until_the_first_sync_is_done(

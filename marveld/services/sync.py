@@ -19,6 +19,10 @@ cache keys the batch invalidated, for the memory tier in front of SQLite.
   (``modifiedSince`` = the last ``modified`` seen, ``offset`` = how many with that time
   were seen), so a character changing mid-poll cannot shift one past the pages. Each page
   advances the checkpoint in its own transaction: a failed poll loses no place.
+  One case the offset cannot cover: a character counted in it changes mid-poll and leaves
+  its ``modified``, so the offset then skips one never seen. That character comes back on
+  a later page (changed); when one does, the checkpoint stays at the first time paged by
+  offset, and the next poll reads from there again (re-applying unchanged data is a no-op).
 """
 
 from __future__ import annotations
@@ -224,6 +228,9 @@ class SyncService:
         skip = 0
         first = True
         report = SyncReport(kind=POLL_KIND, run_id=run_id)
+        seen: set[int] = set()
+        offset_since: datetime | None = None  # the first time paged with an offset
+        rewind: str | None = None  # the checkpoint to keep when the offset may have skipped
         while True:
             params = self._poll_params(since, skip)
             key = urlencode(sorted(params.items()))
@@ -236,8 +243,14 @@ class SyncService:
                 completed = {"at": now, "kind": POLL_KIND, "run_id": run_id}
                 await self._store.sync_state.put({LAST_COMPLETED: completed}, self._clock())
                 return _count(report, BatchResult(), calls=1, not_modified=True)
+            ids = {c.id for c in page.characters}
+            if offset_since is not None and rewind is None and not seen.isdisjoint(ids):
+                rewind = _text(offset_since)  # one seen came back: the offset may skip one
+                log.info("poll %s: a character changed mid-poll; next poll from %s", run_id, rewind)
+            seen |= ids
             newest = _newest(newest, page.characters)
-            rows: dict[str, Any] = {POLL_CHECKPOINT: {"modified_since": newest}}
+            checkpoint = newest if rewind is None else rewind
+            rows: dict[str, Any] = {POLL_CHECKPOINT: {"modified_since": checkpoint}}
             if first:
                 fetched = _text(self._clock())
                 rows[POLL_FIRST_PAGE] = {"params": key, "etag": page.etag, "fetched_at": fetched}
@@ -254,6 +267,8 @@ class SyncService:
                 since, skip = last, sum(c.modified == last for c in page.characters)
             else:
                 skip += len(page.characters)
+            if skip and offset_since is None:
+                offset_since = since
             first = False
 
     def _trusted(self, first_page: Mapping[str, Any]) -> bool:
