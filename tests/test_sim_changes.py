@@ -241,3 +241,22 @@ async def test_the_sender_translates_httpx_errors() -> None:
     assert request.headers["host"] == "hooks.example"
     assert request.headers["content-length"] == "7"
     assert request.headers[SIGNATURE_HEADER] == signature_header("s", 7, b'{"a":1}')
+
+
+async def test_a_client_that_hangs_up_mid_body_changes_nothing_and_logs_no_error(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    simulator = await start(nursery)
+    before = await fetch(simulator, SPIDER_MAN)
+    with caplog.at_level(logging.DEBUG):
+        stream = await trio.open_tcp_stream("127.0.0.1", simulator.port)
+        head = f"POST /_sim/characters/{SPIDER_MAN} HTTP/1.1\r\nhost: sim\r\n"
+        await stream.send_all(f"{head}content-length: 100\r\n\r\n{{".encode())
+        await stream.aclose()  # 99 bytes short
+
+        def refused() -> bool:
+            return any("hung up before its body" in m for m in caplog.messages)
+
+        await wait_until(refused)
+    assert await fetch(simulator, SPIDER_MAN) == before
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 from marveld.sim import errors
 from marveld.sim.changes import ChangeRefused, created, updated
-from marveld.sim.render import JSON_TYPE
+from marveld.sim.render import JSON_TYPE, read_body
 from marveld.sim.state import SimState
 from marveld.sim.webhooks import queue_webhook
 
@@ -126,7 +126,7 @@ def _notify(request: Request) -> bool:
 
 
 async def _body(request: Request) -> Any:
-    body = await request.body()
+    body = await read_body(request)
     if len(body) > MAX_BODY_BYTES:
         raise errors.bad_change(f"the body is over {MAX_BODY_BYTES} bytes")
     try:

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from marveld.sim import errors
+from marveld.sim.render import read_body
 
 FAULTS_PATH: Final = "/_sim/faults"
 JSON_TYPE: Final = "application/json; charset=utf-8"
@@ -279,7 +280,7 @@ class FaultsApi:
         return _json(self._holder.plan.to_json())
 
     async def put(self, request: Request) -> Response:
-        raw = await request.body()
+        raw = await read_body(request)
         if len(raw) > MAX_BODY_BYTES:
             raise errors.bad_change("the fault plan is too large")
         try:

@@ -1,4 +1,5 @@
-"""Marvel's response envelope, assembled from pre-encoded characters, and its etag."""
+"""Marvel's response envelope, assembled from pre-encoded characters, and its etag; reading
+a request's body."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import hashlib
 import json
 from collections.abc import Sequence
 
+from starlette.requests import ClientDisconnect, Request
+
+from marveld.sim import errors
 from marveld.sim.catalogue import Entry
 
 JSON_TYPE = "application/json; charset=utf-8"
@@ -57,3 +61,12 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
         if tag in (etag, "*"):
             return True
     return False
+
+
+async def read_body(request: Request) -> bytes:
+    """The request's body; a client that hangs up before sending all of it gets a 400 it
+    will never read, rather than a traceback in the simulator's log."""
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        raise errors.bad_change("the client hung up before its body was complete") from None
