@@ -7,8 +7,8 @@ import argparse
 import importlib
 import sys
 
-SUITES = ("faults", "crash")
-SHORT = {"faults": ["--short"], "crash": ["--short"]}
+SUITES = ("faults", "crash", "concurrency")
+SHORT = {name: ["--short"] for name in SUITES}
 
 
 def main(argv: list[str] | None = None) -> int:
