@@ -14,10 +14,11 @@ the simulator's faults on and off over ``PUT /_sim/faults``. For each fault:
 - **stale**: a page cached before the fault, now expired, asked for again while every
   call fails. Expected: the old page, ``cache_status`` STALE (stale-if-error).
 
-Then three scenarios with their own daemon: the **breaker** (failures open it, gRPC health
+Then four scenarios with their own daemon: the **breaker** (failures open it, gRPC health
 says NOT_SERVING and ``/readyz`` 503; it closes again once the upstream answers), the
 **budget** (failing calls still spend the daily budget, and nothing is sent past it), and
-the **lying etag** (a 304 for changed content: how long the old page is kept).
+the **lying etag** (a 304 for changed content: how long the old page is kept), and the
+**first full sync while 30% of calls fail** (every character stored once all the same).
 
 After every daemon, the database must pass ``invariants.check_all`` and hold no character
 the simulator does not serve (nothing corrupt stored). Prints a table, writes
@@ -73,6 +74,8 @@ MATRIX_SETTINGS = {
 }
 SERVICE = "marvel.v1.CharacterService"
 ETAG_MAX_AGE = 5.0  # the lying-etag scenario's upstream.etag_max_age
+SYNC_FAULT_SHARE = 0.3
+SYNC_DEADLINE = 120.0
 _queries = itertools.count(1)
 
 
@@ -308,6 +311,46 @@ async def lying_etag(procs: Processes, sim: Sim, report: Report) -> None:
         report.problem("lying etag: the changed content never reached clients in 15 s")
 
 
+async def sync_under_faults(procs: Processes, sim: Sim, report: Report) -> None:
+    """The first full sync while 30% of upstream calls fail, every kind mixed: it retries
+    and resumes until every character is stored, each once, with the upstream's content."""
+    mixed = [f.value for f in MATRIX if f not in (Fault.TIMEOUT, Fault.SLOW_BODY)]
+    rates = {name: SYNC_FAULT_SHARE / len(mixed) for name in mixed}
+    settings = {**MATRIX_SETTINGS, "MARVELD_POLLER_ENABLED": "true"}
+    await asyncio.to_thread(_put_plan, sim, {"rates": rates})
+    started = time.perf_counter()
+    before = await asyncio.to_thread(sim.requests)
+    async with Live(procs, sim, **settings) as rig:
+        ready = f"http://127.0.0.1:{rig.daemon.http_port}/readyz"
+        deadline = time.monotonic() + SYNC_DEADLINE
+        while time.monotonic() < deadline:
+            checks = (await rig.http.get(ready)).json()["checks"]
+            if checks.get("first_sync"):
+                break
+            await asyncio.sleep(0.2)
+        else:
+            report.problem(f"sync under faults: no first sync in {SYNC_DEADLINE:g} s")
+        seconds = time.perf_counter() - started
+        plan = (await rig.http.get(f"{sim.base_url}/_sim/faults")).json()
+        calls = await rig.upstream_calls() - before
+        db = procs.tmp / f"{rig.daemon.name}.db"
+    upstream = invariants.upstream_catalogue(sim.api_url, *_keys())
+    with invariants.reading(db) as conn:
+        problems = invariants.matches_upstream(conn, upstream)
+    for problem in problems:
+        report.problem(f"sync under faults: {problem}")
+    injected = sum(plan["injected"].values())
+    report.figure("sync under 30% faults: first sync done after", f"{seconds:.1f} s")
+    report.figure(
+        "sync under 30% faults: upstream calls, faults among them", f"{calls}, {injected}"
+    )
+    report.figure("sync under 30% faults: characters stored = upstream", not problems)
+
+
+def _put_plan(sim: Sim, plan: dict[str, Any]) -> None:
+    httpx.put(f"{sim.base_url}/_sim/faults", json=plan).raise_for_status()
+
+
 def stored_ids(db: Any) -> set[int]:
     with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         return {row[0] for row in conn.execute("SELECT marvel_id FROM characters")}
@@ -326,6 +369,7 @@ async def run(report: Report, short: bool) -> list[list[str]]:
         await breaker(procs, sim, report)
         await budget(procs, sim, report)
         await lying_etag(procs, sim, report)
+        await sync_under_faults(procs, sim, report)
         upstream = invariants.upstream_catalogue(sim.api_url, *_keys())
         for db in databases(procs):
             for problem in invariants.check_all(db):
