@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit proto proto-check lock bench clean
+.PHONY: run test lint typecheck unit proto proto-check lock bench soak soak-short clean
 
 run: $(STAMP)  ## start the daemon on its demo defaults, with the simulator as the upstream
 	$(BIN)/marveld serve --demo
@@ -48,6 +48,12 @@ lock:  ## re-pin every dependency (needs uv on PATH)
 
 bench: $(STAMP)  ## benchmarks: print figures and write them to bench/results/
 	$(BIN)/python -m bench
+
+soak: $(STAMP)  ## 10 minutes of mixed load, then SIGTERM under load: figures and checks
+	$(BIN)/python -m reliability.soak
+
+soak-short: $(STAMP)  ## the same in ~45 s with 100 subscribers (CI)
+	$(BIN)/python -m reliability.soak --short
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache

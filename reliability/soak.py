@@ -423,31 +423,37 @@ def grpc(port: int, fn: Callable[[Channel], Any]) -> Any:
     return asyncio.run(go())
 
 
+def patiently(port: int, fn: Callable[[Channel], Any], what: str) -> Any:
+    """One call, again while the anonymous rate limit refuses it (up to a minute)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return grpc(port, fn)
+        except GRPCError as exc:
+            if exc.status is not Status.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+                raise RuntimeError(f"{what}: {exc.status.name} {exc.message}") from exc
+            time.sleep(1.0)
+
+
 def register(port: int, name: str) -> Account:
     """A new account and a token; waits out the anonymous rate limit when it refuses."""
     email = f"{name.lower()}@example.com"
     auth = pb.AuthServiceStub
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            profile = grpc(
-                port,
-                lambda ch: auth(ch).register(
-                    pb.RegisterRequest(name=name, email=email, password=PASSWORD),
-                    timeout=CALL_SECONDS,
-                ),
-            )
-            token = grpc(
-                port,
-                lambda ch: auth(ch).login(
-                    pb.LoginRequest(email=email, password=PASSWORD), timeout=CALL_SECONDS
-                ),
-            )
-            return Account(email, profile.id, {"authorization": f"Bearer {token.access_token}"})
-        except GRPCError as exc:
-            if exc.status is not Status.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
+    profile = patiently(
+        port,
+        lambda ch: auth(ch).register(
+            pb.RegisterRequest(name=name, email=email, password=PASSWORD), timeout=CALL_SECONDS
+        ),
+        f"register {email}",
+    )
+    token = patiently(
+        port,
+        lambda ch: auth(ch).login(
+            pb.LoginRequest(email=email, password=PASSWORD), timeout=CALL_SECONDS
+        ),
+        f"log in {email}",
+    )
+    return Account(email, profile.id, {"authorization": f"Bearer {token.access_token}"})
 
 
 def trigger_sync(port: int, admin: dict[str, str]) -> None:
