@@ -81,7 +81,7 @@ from bench.harness import (
 )
 from bench.notifications import make_admin, rss_kib
 from marveld.proto.marvel import v1 as pb
-from reliability.common import Report
+from reliability.common import RESULTS, Report
 from reliability.invariants import (
     check_all,
     notifications_complete,
@@ -770,8 +770,23 @@ def soak(plan: Plan, report: Report) -> None:
             if name == "sim":  # webhooks refused while the daemon was down: expected
                 report.figure("sim log lines above info", len(lines))
                 continue
+            kept = RESULTS / f"soak-{name}-problems.log"  # the whole lines, tracebacks too
+            RESULTS.mkdir(exist_ok=True)
+            kept.write_text("\n".join(lines) + "\n")
             for line in lines[:10]:
-                report.problem(f"{name} logged: {line[:300]}")
+                report.problem(f"{name} logged ({kept}): {_gist(line)}")
+
+
+def _gist(line: str) -> str:
+    """A log line in short: its message and the last line of its traceback."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line[:300]
+    if not isinstance(record, dict):
+        return line[:300]
+    last = str(record.get("exception", "")).strip().splitlines()[-1:]
+    return " | ".join([str(record.get("message", "")), *last])[:500]
 
 
 def figures_of_calls(report: Report, load: dict[str, Any], results: list[dict[str, Any]]) -> None:
