@@ -36,7 +36,10 @@ of the log, every stream at its user's newest cursor) the checks run:
   webhook deliveries), and every accepted webhook delivery is applied;
 - for every user ``notifications_complete``, for subscribers with the union of the cursors
   their streams received (each at least once; duplicates within one stream are reported);
-- memory and descriptors flat (see ``flatness``), and what the daemon logged above info.
+- memory and descriptors flat (see ``flatness``: a problem when both end - start and the
+  fitted slope times the duration exceed 16 MiB or 10% of the start, 10 fds or 2%; the
+  short run allows 64 MiB), and what the daemon logged above info (kept whole in
+  reliability/results/soak-<process>-problems.log).
 
     PYTHONPATH=. python -m reliability.soak [--minutes 10] [--subscribers 1000] [--short]
 
@@ -128,6 +131,7 @@ class Plan:
     subscribers: int
     warmup_seconds: float
     after_restart_seconds: float
+    rss_allowed_mib: float = 16.0  # growth over the soak (also 10% of the start) that fails
 
     @property
     def subscriber_users(self) -> int:
@@ -685,7 +689,7 @@ def soak(plan: Plan, report: Report) -> None:
             time.sleep(min(SAMPLE_EVERY, plan.soak_seconds - now))
         report.figure("soak (min)", round(rss[-1][0] / 60, 2))
         report.figure("samples", len(rss))
-        flatness(report, "daemon RSS", rss, "MiB", max(16.0, 0.1 * rss[0][1]))
+        flatness(report, "daemon RSS", rss, "MiB", max(plan.rss_allowed_mib, 0.1 * rss[0][1]))
         flatness(report, "daemon open fds", fds, "fds", max(10.0, 0.02 * fds[0][1]))
         report.figure("subscribers min / max (gauge)", f"{min(gauges):.0f} / {max(gauges):.0f}")
         if min(gauges) < plan.subscribers:
@@ -854,7 +858,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="CI: 45 s, 100 subscribers")
     args = parser.parse_args(argv)
     if args.short:
-        plan = Plan(45.0, 100, warmup_seconds=15.0, after_restart_seconds=5.0)
+        # 45 s is too short to tell CPython's step-wise arena growth from a leak: only a
+        # gross one fails the short run.
+        plan = Plan(45.0, 100, 15.0, after_restart_seconds=5.0, rss_allowed_mib=64.0)
     else:
         plan = Plan(args.minutes * 60, args.subscribers, 30.0, after_restart_seconds=15.0)
     report = Report(
