@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-SUITES = ("faults", "crash", "concurrency")
+SUITES = ("faults", "crash", "concurrency", "soak")
 SHORT = {name: ["--short"] for name in SUITES}
 
 

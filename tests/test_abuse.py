@@ -212,3 +212,28 @@ async def test_cached_answers_count_against_the_limit_too(tight: Running, clock:
     assert refused.status is Status.RESOURCE_EXHAUSTED
     clock.advance(1)
     await tight.client.call(_list(alice))
+
+
+async def test_a_call_the_fast_path_cannot_answer_costs_one_request_not_two(
+    tight: Running,
+) -> None:
+    """A cache miss, an unknown id or a bad request after a recent check of the token: the
+    fast path took one request, then the slow path checked the token again. The burst is 3,
+    so with two charges each the third call here would be refused."""
+    alice = await register_and_login(tight, "alice@example.com")
+    await tight.client.call(my_profile(alice))  # the token is checked: fast paths apply
+
+    async def miss(channel: Any) -> object:
+        return await pb.CharacterServiceStub(channel).list_characters(
+            pb.ListCharactersRequest(name_starts_with="Spi"), metadata=alice, timeout=10
+        )
+
+    async def unknown(channel: Any) -> object:
+        return await pb.CharacterServiceStub(channel).get_character(
+            pb.GetCharacterRequest(id=1), metadata=alice, timeout=10
+        )
+
+    await tight.client.call(miss)
+    assert (await status_of(tight, unknown)).status is Status.NOT_FOUND
+    # The burst (3) is spent now, and only now.
+    assert (await status_of(tight, _list(alice))).status is Status.RESOURCE_EXHAUSTED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from marveld.domain.errors import InvalidArgument
 from marveld.domain.queries import CharacterQuery, SearchQuery
+from marveld.domain.users import User
 from marveld.grpc import convert
 from marveld.grpc.bridge import CallContext, Service, unary
 from marveld.proto.marvel import v1 as pb
@@ -71,36 +72,42 @@ def character_service(users: UserService, characters: CharacterService) -> Servi
         answer, age = hit
         return answer.encoded + convert.cache_suffix(CacheStatus.HIT, age)
 
+    def answered(user: User, answer: bytes | None) -> bytes | None:
+        """``answer``; when None (the slow path answers), the fast path's charge back."""
+        if answer is None:
+            users.refund_fast(user)
+        return answer
+
     def fast_list(request: pb.ListCharactersRequest, ctx: CallContext) -> bytes | None:
-        if users.authenticate_fast(ctx.authorization) is None:
+        if (user := users.authenticate_fast(ctx.authorization)) is None:
             return None
         try:
-            return page_hit(characters.fresh(_list_query(request).cache_key()))
+            return answered(user, page_hit(characters.fresh(_list_query(request).cache_key())))
         except InvalidArgument:
-            return None
+            return answered(user, None)
 
     async def list_characters(request: pb.ListCharactersRequest, ctx: CallContext) -> bytes:
         await users.authenticate(ctx.authorization)
         return convert.page_reply(await characters.list(_list_query(request)))
 
     def fast_search(request: pb.SearchCharactersRequest, ctx: CallContext) -> bytes | None:
-        if users.authenticate_fast(ctx.authorization) is None:
+        if (user := users.authenticate_fast(ctx.authorization)) is None:
             return None
         try:
-            return page_hit(characters.fresh_search(_search_query(request)))
+            return answered(user, page_hit(characters.fresh_search(_search_query(request))))
         except InvalidArgument:
-            return None
+            return answered(user, None)
 
     async def search(request: pb.SearchCharactersRequest, ctx: CallContext) -> bytes:
         await users.authenticate(ctx.authorization)
         return convert.page_reply(await characters.search(_search_query(request)))
 
     def fast_character(request: pb.GetCharacterRequest, ctx: CallContext) -> bytes | None:
-        if users.authenticate_fast(ctx.authorization) is None or request.id <= 0:
+        if (user := users.authenticate_fast(ctx.authorization)) is None:
             return None
-        hit = characters.fresh(character_key(request.id))
+        hit = characters.fresh(character_key(request.id)) if request.id > 0 else None
         if hit is None or not hit[0].encoded:
-            return None  # unknown ids take the slow path, which says NOT_FOUND
+            return answered(user, None)  # unknown ids take the slow path: NOT_FOUND
         return hit[0].encoded
 
     async def get_character(request: pb.GetCharacterRequest, ctx: CallContext) -> bytes:

@@ -136,6 +136,13 @@ class UserService:
             return None  # over the limit: the slow path refuses it with the retry hint
         return user
 
+    def refund_fast(self, user: User) -> None:
+        """Give back the request :meth:`authenticate_fast` took when the fast path did not
+        answer after all: the slow path's :meth:`authenticate` charges the call again, and
+        one call is one request."""
+        if self._limits.per_user is not None:
+            self._limits.per_user.refund(user.id)
+
     def _session(self, authorization: str | None) -> User | None:
         if not authorization:
             return None
