@@ -619,7 +619,7 @@ def soak(plan: Plan, report: Report) -> None:
             args=["--webhook-url", webhook_url, "--seed", "7"],
             env={"MARVELD_WEBHOOK_SECRET": WEBHOOK_SECRET},
         )
-        daemon = procs.daemon(sim, grpc_port=grpc_port, http_port=http_port, **DAEMON)
+        daemon = procs.daemon(sim, grpc_port=grpc_port, http_port=http_port, env=DAEMON)
         procs.wait_ready(60)
         db = procs.tmp / "daemon.db"
         took = wait_for(lambda: bootstrapped(db), "the first sync (bootstrap)", 180)
@@ -714,7 +714,7 @@ def soak(plan: Plan, report: Report) -> None:
                 report.problem(f"{len(lost)} of the {what} read before SIGTERM gone at exit")
         time.sleep(max(CHANGE_EVERY * 1.5, 3.0))  # changes whose webhooks find nobody
         restart = time.monotonic()
-        daemon = procs.daemon(sim, grpc_port=grpc_port, http_port=http_port, **DAEMON)
+        daemon = procs.daemon(sim, grpc_port=grpc_port, http_port=http_port, env=DAEMON)
         procs.wait_ready(60)
         report.figure("restart to ready (s)", round(time.monotonic() - restart, 2))
         took = wait_for(all_subscribed, "the subscribers back after the restart", 180)
