@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from marveld.domain.characters import Character, CharacterPage
-from marveld.services.memory_tier import ENTRY_OVERHEAD_BYTES, Answer, MemoryTier
+from marveld.services.memory_tier import Answer, MemoryTier, entry_size
 
 NOW = datetime(2026, 11, 24, tzinfo=UTC)
 
@@ -51,11 +51,11 @@ def test_entries_are_bounded_least_recently_used_first() -> None:
 
 def test_bytes_are_bounded_and_an_oversized_answer_is_not_kept() -> None:
     size = 1000
-    tier = MemoryTier(max_entries=100, max_bytes=2 * (size + ENTRY_OVERHEAD_BYTES))
+    tier = MemoryTier(max_entries=100, max_bytes=2 * entry_size(size))
     for key in "abc":
         tier.put(answer(key, size=size))
     assert [key for key, _ in tier.items()] == ["b", "c"]
-    assert tier.bytes == 2 * (size + ENTRY_OVERHEAD_BYTES)
+    assert tier.bytes == 2 * entry_size(size)
     tier.put(answer("huge", size=10**6))
     assert tier.get("huge") is None
     assert len(tier) == 2
@@ -67,7 +67,7 @@ def test_replacing_forgetting_and_clearing_keep_the_byte_count_right() -> None:
     tier.put(answer("a", 1, size=20))
     tier.put(answer("b", 2, size=30))
     tier.put(answer("c", 3, size=40))
-    assert tier.bytes == 90 + 3 * ENTRY_OVERHEAD_BYTES
+    assert tier.bytes == entry_size(20) + entry_size(30) + entry_size(40)
     assert tier.forget_characters([2, 3]) == ["b", "c"]
     assert tier.forget(["a", "missing"]) == 1
     assert (len(tier), tier.bytes) == (0, 0)
