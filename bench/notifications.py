@@ -14,7 +14,7 @@ Starts ``marveld sim`` and ``marveld serve`` as subprocesses (bench/harness.py).
 
 Prints a table and writes bench/results/notifications.json. Figures, not pass/fail.
 
-    /tmp/v/bin/python -m bench.notifications [--subscribers 10000] [--replay 100000]
+    .venv/bin/python -m bench.notifications [--subscribers 10000] [--replay 100000]
 
 On this 2-core machine 10,000 streams (two client processes) connect in ~5 s and one change
 reaches all of them in ~2.5 s, so the full 10,000 fit well within a minute.

@@ -36,7 +36,7 @@ What must hold (each failure is a problem and the exit status is 1):
 Figures: calls by kind and status, p50/p99/max latency per kind, local reads during syncs
 vs idle (with the count slower than L), and the syncs, webhooks and purges done.
 
-    /tmp/v/bin/python -m reliability.concurrency [--seconds 60] [--short]
+    .venv/bin/python -m reliability.concurrency [--seconds 60] [--short]
 """
 
 from __future__ import annotations

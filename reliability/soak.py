@@ -41,7 +41,7 @@ of the log, every stream at its user's newest cursor) the checks run:
   short run allows 64 MiB), and what the daemon logged above info (kept whole in
   reliability/results/soak-<process>-problems.log).
 
-    PYTHONPATH=. python -m reliability.soak [--minutes 10] [--subscribers 1000] [--short]
+    .venv/bin/python -m reliability.soak [--minutes 10] [--subscribers 1000] [--short]
 
 ``--short`` (CI): 45 s of soak and 100 subscribers. Prints the figures and writes
 reliability/results/soak.json; exit status 1 when any check failed.
