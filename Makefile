@@ -45,6 +45,9 @@ proto-check: $(STAMP)  ## fail when marveld/proto is not what protos/ generates
 lock:  ## re-pin every dependency (needs uv on PATH)
 	uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --no-header -o requirements.lock
+	# pytest-cov asks for coverage[toml]; the pip that python3.11 -m venv brings (23.x) then
+	# wants that extra pinned too in --require-hashes mode, once a newer coverage is published.
+	sed -i 's/^coverage==/coverage[toml]==/' requirements.lock
 
 bench: $(STAMP)  ## benchmarks: print figures and write them to bench/results/
 	$(BIN)/python -m bench
