@@ -46,6 +46,7 @@ DAEMON_SETTINGS = {
 }
 MARVELD = [sys.executable, "-m", "marveld"]
 STOP_SECONDS = 10.0
+SIM_READY_SECONDS = 30.0
 LOG_TAIL_LINES = 20
 Popen = subprocess.Popen[bytes]
 
@@ -166,7 +167,11 @@ class Processes:
         """Start a daemon with ``sim`` as its upstream; ``settings`` and ``env`` are
         environment variables (``MARVELD_CACHE_MEMORY_ENTRIES="0"``) over
         ``DAEMON_SETTINGS``. A daemon started again under the same ``name`` opens the same
-        database (a restart)."""
+        database (a restart). It starts once ``sim`` answers, so that its first sync does
+        not meet (and log) refused connections."""
+        if (sim_ready := f"{sim.base_url}/_sim/stats") in self._pending:
+            wait_until_up(sim_ready, SIM_READY_SECONDS, self._check_alive)
+            self._pending.remove(sim_ready)
         grpc_port = grpc_port or free_port()
         http_port = http_port or free_port()
         env = {

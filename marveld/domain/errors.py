@@ -71,6 +71,13 @@ class UpstreamRejected(UpstreamError):
         return self.status == 401 or self.code in {"InvalidCredentials", "MissingParameter"}
 
 
+class ShuttingDown(MarveldError):
+    """The daemon is stopping: a call that arrived too late to be served (retry it)."""
+
+    def __init__(self) -> None:
+        super().__init__("marveld is shutting down; retry shortly")
+
+
 class CursorExpired(MarveldError):
     """A notification cursor older than retention: what followed it may be gone (re-list)."""
 

@@ -64,6 +64,8 @@ def status_for(exc: errors.MarveldError) -> GRPCError:
             return GRPCError(Status.PERMISSION_DENIED, str(exc))
         case errors.CursorExpired():
             return GRPCError(Status.FAILED_PRECONDITION, str(exc))
+        case errors.ShuttingDown():
+            return GRPCError(Status.UNAVAILABLE, str(exc))
         case errors.ResourceExhausted():
             return wire.rate_limited(str(exc), exc.retry_after)
         case errors.UpstreamRejected() if exc.is_credentials_problem:

@@ -19,7 +19,7 @@ import trio
 
 from marveld.domain.cache_policy import CachePolicy, Freshness
 from marveld.domain.characters import ATTRIBUTION, Character, CharacterPage
-from marveld.domain.errors import InvalidArgument, NotFound, UpstreamError
+from marveld.domain.errors import InvalidArgument, NotFound, ShuttingDown, UpstreamError
 from marveld.domain.queries import CharacterQuery, SearchQuery, check_character_id
 from marveld.metrics import Metrics
 from marveld.services.catalog import LocalCatalog
@@ -105,11 +105,14 @@ class CharacterService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The nursery for upstream calls and refreshes, and the sweeper of old entries."""
         self._metrics.cache_entries.labels(tier="memory").set_function(lambda: len(self._memory))
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await self.sweep()
-            nursery.start_soon(self._sweep_forever)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self.sweep()
+                nursery.start_soon(self._sweep_forever)
+                task_status.started()
+        finally:
+            self._nursery = None  # closed: a call that comes now is told ShuttingDown
 
     # --- the fast path: plain synchronous code, no awaits ------------------------------------
 
@@ -307,8 +310,9 @@ class CharacterService:
         """Wait for the flight under way for ``key``, or start one running ``job``."""
         flight = self._flights.get(key)
         if flight is None:
-            flight = self._flights[key] = _Flight()
-            self._spawn(self._fly, key, job, flight)
+            flight = _Flight()
+            self._spawn(self._fly, key, job, flight)  # ShuttingDown leaves no flight behind
+            self._flights[key] = flight
         await flight.done.wait()
         if flight.error is not None:
             raise flight.error
@@ -323,12 +327,15 @@ class CharacterService:
                 log.exception("serving %s failed", key)
             flight.error = exc
         finally:
+            if flight.served is None and flight.error is None:  # cancelled: we are stopping
+                flight.error = ShuttingDown()
             del self._flights[key]
             flight.done.set()
 
     def _refresh(self, key: str, fetch: Fetch, held: Answer) -> None:
-        """Refresh ``key`` in the background, unless a refresh of it is under way."""
-        if key in self._refreshing:
+        """Refresh ``key`` in the background, unless a refresh of it is under way or the
+        service is stopping (the stale answer is served all the same)."""
+        if key in self._refreshing or self._nursery is None:
             return
         self._refreshing.add(key)
 
@@ -345,8 +352,10 @@ class CharacterService:
         self._spawn(refresh)
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Start ``fn`` in the service's nursery; ShuttingDown once ``run`` has ended (the
+        gRPC face may still pass on a call while the daemon's nursery winds down)."""
         if self._nursery is None:
-            raise RuntimeError("CharacterService.run() is not running")
+            raise ShuttingDown()
         self._nursery.start_soon(fn, *args)
 
     async def _sweep_forever(self) -> None:

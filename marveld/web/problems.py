@@ -66,6 +66,8 @@ def problem_for(exc: errors.MarveldError) -> Problem:
             return _unavailable("the Marvel API refused marveld's credentials", None)
         case errors.UpstreamRejected():
             return Problem(400, f"the Marvel API refused the query: {exc}")
+        case errors.ShuttingDown():
+            return _unavailable(str(exc), None)
         case errors.UpstreamError():
             retry_after = getattr(exc, "retry_after", None)
             return _unavailable(f"the Marvel API is unavailable: {exc}", retry_after)
