@@ -128,11 +128,11 @@ def grpc_call(port: int, fn: Any) -> Any:
     return asyncio.run(go())
 
 
-def trigger_sync(port: int, admin: dict[str, str]) -> None:
+def trigger_sync(port: int, admin: dict[str, str], timeout: float = 60) -> None:
     grpc_call(
         port,
         lambda ch: pb.AdminServiceStub(ch).trigger_sync(
-            pb.TriggerSyncRequest(), metadata=admin, timeout=60
+            pb.TriggerSyncRequest(), metadata=admin, timeout=timeout
         ),
     )
 

@@ -63,3 +63,38 @@ def _show(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
+
+
+def log_record(line: str) -> dict[str, Any] | None:
+    """A JSON log line as its record, or None for anything else (e.g. a bare traceback)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def log_summary(line: str) -> str:
+    """A log line in short: a JSON record's message, and its exception's last frame and
+    last line."""
+    record = log_record(line)
+    if record is None:
+        return line[:300]
+    exception = str(record.get("exception", "")).strip().splitlines()
+    where = [x.strip() for x in exception if x.strip().startswith("File ")][-1:]
+    return " | ".join([str(record.get("message", "")), *where, *exception[-1:]])[:600]
+
+
+def report_logged(report: Report, name: str, lines: list[str], most: int = 10) -> None:
+    """Each of ``lines`` (what process ``name`` logged that it should not have) is a
+    problem, the first ``most`` in short; the whole lines, tracebacks too, are kept in
+    results/<suite>-<name>-problems.log."""
+    if not lines:
+        return
+    kept = RESULTS / f"{report.suite}-{name}-problems.log"
+    RESULTS.mkdir(exist_ok=True)
+    kept.write_text("\n".join(lines) + "\n")
+    for line in lines[:most]:
+        report.problem(f"{name} logged ({kept}): {log_summary(line)}")
+    if len(lines) > most:
+        report.problem(f"{name} logged {len(lines) - most} more such lines ({kept})")

@@ -62,7 +62,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from bench.harness import MARVELD, SECRETS, Daemon, Processes, Sim, free_port, processes
 from marveld.proto.marvel import v1 as pb
 from reliability import invariants
-from reliability.common import Report
+from reliability.common import Report, log_record, report_logged
 
 DATASET = Path(__file__).parents[2] / "shared" / "data" / "marvel" / "characters.json"
 WEBHOOK_SECRET = "crash-webhook-secret-crash-webhook-secret"
@@ -596,33 +596,16 @@ def log_problems(procs: Processes, report: Report) -> None:
     """Tracebacks or error-level lines in the processes' logs (warnings are expected: a
     killed daemon makes the simulator's webhooks fail)."""
     for name, lines in procs.problems().items():
-        bad = [line for line in lines if not _level(line, "warning")]
-        bad = [line for line in bad if "exited with status -9" not in line]
-        for line in bad[:10]:
-            report.problem(f"{name} log: {_summary(line)}")
-        if len(bad) > 10:
-            report.problem(f"{name} log: ... and {len(bad) - 10} more such lines")
-
-
-def _summary(line: str) -> str:
-    """A log line in short: a JSON record's message and its exception's last line."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return line[:300]
-    if not isinstance(record, dict):
-        return line[:300]
-    exception = str(record.get("exception", "")).strip().splitlines()
-    where = [x.strip() for x in exception if x.strip().startswith("File ")][-1:]
-    return " | ".join([str(record.get("message")), *where, *exception[-1:]])[:600]
-
-
-def _level(line: str, level: str) -> bool:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return False
-    return isinstance(record, dict) and record.get("level") == level
+        report_logged(
+            report,
+            name,
+            [
+                line
+                for line in lines
+                if (log_record(line) or {}).get("level") != "warning"
+                and "exited with status -9" not in line
+            ],
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,7 +59,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.connection import Connection
@@ -82,9 +82,9 @@ from bench.harness import (
     free_port,
     processes,
 )
-from bench.notifications import make_admin, rss_kib
+from bench.notifications import grpc_call, make_admin, rss_kib, trigger_sync
 from marveld.proto.marvel import v1 as pb
-from reliability.common import RESULTS, Report
+from reliability.common import Report, report_logged
 from reliability.invariants import (
     check_all,
     notifications_complete,
@@ -184,6 +184,17 @@ class StreamState:
     resume_trailers: int = 0
 
 
+def report_back(conn: Connection, main: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> None:
+    """Run a worker's ``main`` and send its result, or how it failed, to the parent."""
+    try:
+        conn.send(asyncio.run(main()))
+    except BaseException as exc:
+        conn.send({"failed": repr(exc)})
+        raise
+    finally:
+        conn.close()
+
+
 def subscriber_worker(
     port: int,
     streams: list[tuple[str, dict[str, str]]],
@@ -266,13 +277,7 @@ def subscriber_worker(
             "statuses": [[p, s, n] for (p, s), n in statuses.items()],
         }
 
-    try:
-        conn.send(asyncio.run(main()))
-    except BaseException as exc:
-        conn.send({"failed": repr(exc)})
-        raise
-    finally:
-        conn.close()
+    report_back(conn, main)
 
 
 def load_worker(
@@ -404,27 +409,10 @@ def load_worker(
             "cache": [[m, s, n] for (m, s), n in cache.items()],
         }
 
-    try:
-        conn.send(asyncio.run(main()))
-    except BaseException as exc:
-        conn.send({"failed": repr(exc)})
-        raise
-    finally:
-        conn.close()
+    report_back(conn, main)
 
 
 # --- the parent: setup, sampling, shutdown, checks --------------------------------------
-
-
-def grpc(port: int, fn: Callable[[Channel], Any]) -> Any:
-    async def go() -> Any:
-        channel = Channel("127.0.0.1", port)
-        try:
-            return await fn(channel)
-        finally:
-            channel.close()
-
-    return asyncio.run(go())
 
 
 def patiently(port: int, fn: Callable[[Channel], Any], what: str) -> Any:
@@ -432,7 +420,7 @@ def patiently(port: int, fn: Callable[[Channel], Any], what: str) -> Any:
     deadline = time.monotonic() + 60
     while True:
         try:
-            return grpc(port, fn)
+            return grpc_call(port, fn)
         except GRPCError as exc:
             if exc.status is not Status.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
                 raise RuntimeError(f"{what}: {exc.status.name} {exc.message}") from exc
@@ -458,15 +446,6 @@ def register(port: int, name: str) -> Account:
         f"log in {email}",
     )
     return Account(email, profile.id, {"authorization": f"Bearer {token.access_token}"})
-
-
-def trigger_sync(port: int, admin: dict[str, str]) -> None:
-    grpc(
-        port,
-        lambda ch: pb.AdminServiceStub(ch).trigger_sync(
-            pb.TriggerSyncRequest(), metadata=admin, timeout=120
-        ),
-    )
 
 
 def subscribers_gauge(daemon: Daemon) -> float:
@@ -727,7 +706,7 @@ def soak(plan: Plan, report: Report) -> None:
         stop.set()
         load = collect(*load_proc, "the load process", 60)
         time.sleep(2.0)  # the last change's webhook
-        trigger_sync(grpc_port, admin.auth)
+        trigger_sync(grpc_port, admin.auth, timeout=120)
         took = wait_for(lambda: settled(db), "deliveries applied, notifier at the end", 120)
         report.figure("settled after TriggerSync (s)", round(took, 1))
         targets = {
@@ -774,23 +753,7 @@ def soak(plan: Plan, report: Report) -> None:
             if name == "sim":  # webhooks refused while the daemon was down: expected
                 report.figure("sim log lines above info", len(lines))
                 continue
-            kept = RESULTS / f"soak-{name}-problems.log"  # the whole lines, tracebacks too
-            RESULTS.mkdir(exist_ok=True)
-            kept.write_text("\n".join(lines) + "\n")
-            for line in lines[:10]:
-                report.problem(f"{name} logged ({kept}): {_gist(line)}")
-
-
-def _gist(line: str) -> str:
-    """A log line in short: its message and the last line of its traceback."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return line[:300]
-    if not isinstance(record, dict):
-        return line[:300]
-    last = str(record.get("exception", "")).strip().splitlines()[-1:]
-    return " | ".join([str(record.get("message", "")), *last])[:500]
+            report_logged(report, name, lines)
 
 
 def figures_of_calls(report: Report, load: dict[str, Any], results: list[dict[str, Any]]) -> None:
