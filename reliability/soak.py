@@ -143,6 +143,14 @@ class Plan:
     def workers(self) -> int:
         return 1 if self.subscribers <= 500 else 2
 
+    @property
+    def daemon(self) -> dict[str, str]:
+        """The daemon's settings. The clients log in once, at the start, and a stream that
+        resumes after the restart presents the same token: it must outlive the run (the
+        default hour does not outlive a 60-minute soak)."""
+        token_ttl = max(3600, math.ceil(self.soak_seconds + 2 * self.warmup_seconds + 900))
+        return {**DAEMON, "MARVELD_AUTH_TOKEN_TTL": f"{token_ttl}s"}
+
 
 @dataclass(frozen=True)
 class Account:
@@ -450,13 +458,18 @@ def register(port: int, name: str) -> Account:
     return Account(email, profile.id, {"authorization": f"Bearer {token.access_token}"})
 
 
-def subscribers_gauge(daemon: Daemon) -> float:
+SUBSCRIBERS = 'marveld_notification_subscribers{channel="grpc"}'
+MEMORY_TIER = 'marveld_cache_entries{tier="memory"}'
+
+
+def gauge(daemon: Daemon, sample: str) -> float:
+    """One sample of the daemon's /metrics (0 when absent, -1 when it does not answer)."""
     try:
         text = httpx.get(f"http://127.0.0.1:{daemon.http_port}/metrics", timeout=5).text
     except httpx.HTTPError:
         return -1.0
     for line in text.splitlines():
-        if line.startswith('marveld_notification_subscribers{channel="grpc"}'):
+        if line.startswith(sample + " "):
             return float(line.split()[-1])
     return 0.0
 
@@ -600,7 +613,7 @@ def soak(plan: Plan, report: Report) -> None:
             args=["--webhook-url", webhook_url, "--seed", "7"],
             env={"MARVELD_WEBHOOK_SECRET": WEBHOOK_SECRET},
         )
-        daemon = procs.daemon(sim, grpc_port=grpc_port, http_port=http_port, env=DAEMON)
+        daemon = procs.daemon(sim, grpc_port=grpc_port, http_port=http_port, env=plan.daemon)
         procs.wait_ready(60)
         db = procs.tmp / "daemon.db"
         took = wait_for(lambda: bootstrapped(db), "the first sync (bootstrap)", 180)
@@ -645,7 +658,7 @@ def soak(plan: Plan, report: Report) -> None:
 
         def all_subscribed() -> bool:
             alive()
-            return subscribers_gauge(daemon) >= plan.subscribers
+            return gauge(daemon, SUBSCRIBERS) >= plan.subscribers
 
         changer = Changer(sim, known_ids, CHANGE_EVERY)
         changer.start()
@@ -658,13 +671,15 @@ def soak(plan: Plan, report: Report) -> None:
         rss: list[tuple[float, float]] = []
         fds: list[tuple[float, float]] = []
         gauges: list[float] = []
+        tier: list[float] = []  # answers in the memory tier: what RSS may grow with
         started = time.monotonic()
         while True:
             now = time.monotonic() - started
             alive()
             rss.append((now, rss_kib(daemon.pid) / 1024))
             fds.append((now, fd_count(daemon.pid)))
-            gauges.append(subscribers_gauge(daemon))
+            gauges.append(gauge(daemon, SUBSCRIBERS))
+            tier.append(gauge(daemon, MEMORY_TIER))
             if now >= plan.soak_seconds:
                 break
             time.sleep(min(SAMPLE_EVERY, plan.soak_seconds - now))
@@ -672,6 +687,7 @@ def soak(plan: Plan, report: Report) -> None:
         report.figure("samples", len(rss))
         flatness(report, "daemon RSS", rss, "MiB", max(plan.rss_allowed_mib, 0.1 * rss[0][1]))
         flatness(report, "daemon open fds", fds, "fds", max(10.0, 0.02 * fds[0][1]))
+        report.figure("memory tier entries start / end", f"{tier[0]:.0f} / {tier[-1]:.0f}")
         report.figure("subscribers min / max (gauge)", f"{min(gauges):.0f} / {max(gauges):.0f}")
         if min(gauges) < plan.subscribers:
             report.problem(f"only {min(gauges):.0f} of {plan.subscribers} subscribers at times")
@@ -695,7 +711,7 @@ def soak(plan: Plan, report: Report) -> None:
                 report.problem(f"{len(lost)} of the {what} read before SIGTERM gone at exit")
         time.sleep(max(CHANGE_EVERY * 1.5, 3.0))  # changes whose webhooks find nobody
         restart = time.monotonic()
-        daemon = procs.daemon(sim, grpc_port=grpc_port, http_port=http_port, env=DAEMON)
+        daemon = procs.daemon(sim, grpc_port=grpc_port, http_port=http_port, env=plan.daemon)
         procs.wait_ready(60)
         report.figure("restart to ready (s)", round(time.monotonic() - restart, 2))
         took = wait_for(all_subscribed, "the subscribers back after the restart", 180)
@@ -836,7 +852,7 @@ def main(argv: list[str] | None = None) -> int:
             "subscribers": plan.subscribers,
             "subscriber_users": plan.subscriber_users,
             "change_every_s": CHANGE_EVERY,
-            "daemon": {k: v for k, v in DAEMON.items() if "SECRET" not in k},
+            "daemon": {k: v for k, v in plan.daemon.items() if "SECRET" not in k},
         },
     )
     try:
