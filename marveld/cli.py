@@ -21,7 +21,7 @@ from pathlib import Path
 
 import trio
 
-from marveld import __version__, client, daemon, systemd
+from marveld import __version__, client, daemon, malloc, systemd
 from marveld.config import ConfigError, Settings, load_settings
 from marveld.correlation import CorrelationFilter, TextFormatter
 from marveld.domain.errors import InvalidArgument, NotFound
@@ -79,6 +79,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"marveld: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     _setup_logging(settings.log.level, settings.log.format)
+    malloc.limit_arenas(environ)  # before trio starts its worker threads
     notifier = systemd.Notifier.from_env(environ)
     run = partial(serve, settings, demo=args.demo, notifier=notifier)
     sys.exit(_run_until_signal(run, notifier))
