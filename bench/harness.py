@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 from grpclib.client import Channel
@@ -260,13 +260,19 @@ class Processes:
         return found
 
 
-def _routine(line: str) -> bool:
-    """True for a JSON log line at info or debug level."""
+def log_record(line: str) -> dict[str, Any] | None:
+    """A JSON log line as its record, or None for anything else (e.g. a bare traceback)."""
     try:
         record = json.loads(line)
     except ValueError:
-        return False
-    return isinstance(record, dict) and record.get("level") in ("debug", "info")
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _routine(line: str) -> bool:
+    """True for a JSON log line at info or debug level."""
+    record = log_record(line)
+    return record is not None and record.get("level") in ("debug", "info")
 
 
 @contextmanager

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.harness import log_record
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -63,15 +65,6 @@ def _show(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
-
-
-def log_record(line: str) -> dict[str, Any] | None:
-    """A JSON log line as its record, or None for anything else (e.g. a bare traceback)."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def log_summary(line: str) -> str:

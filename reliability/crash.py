@@ -59,10 +59,19 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from bench.harness import MARVELD, SECRETS, Daemon, Processes, Sim, free_port, processes
+from bench.harness import (
+    MARVELD,
+    SECRETS,
+    Daemon,
+    Processes,
+    Sim,
+    free_port,
+    log_record,
+    processes,
+)
 from marveld.proto.marvel import v1 as pb
 from reliability import invariants
-from reliability.common import Report, log_record, report_logged
+from reliability.common import Report, report_logged
 
 DATASET = Path(__file__).parents[2] / "shared" / "data" / "marvel" / "characters.json"
 WEBHOOK_SECRET = "crash-webhook-secret-crash-webhook-secret"

@@ -462,16 +462,15 @@ SUBSCRIBERS = 'marveld_notification_subscribers{channel="grpc"}'
 MEMORY_TIER = 'marveld_cache_entries{tier="memory"}'
 
 
-def gauge(daemon: Daemon, sample: str) -> float:
-    """One sample of the daemon's /metrics (0 when absent, -1 when it does not answer)."""
+def gauges(daemon: Daemon, *samples: str) -> list[float]:
+    """Samples of the daemon's /metrics, read once (0 when absent, -1 when it does not
+    answer)."""
     try:
         text = httpx.get(f"http://127.0.0.1:{daemon.http_port}/metrics", timeout=5).text
     except httpx.HTTPError:
-        return -1.0
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.split()[-1])
-    return 0.0
+        return [-1.0] * len(samples)
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] not in "#")
+    return [float(values.get(sample, 0.0)) for sample in samples]
 
 
 def fd_count(pid: int) -> int:
@@ -658,7 +657,7 @@ def soak(plan: Plan, report: Report) -> None:
 
         def all_subscribed() -> bool:
             alive()
-            return gauge(daemon, SUBSCRIBERS) >= plan.subscribers
+            return gauges(daemon, SUBSCRIBERS)[0] >= plan.subscribers
 
         changer = Changer(sim, known_ids, CHANGE_EVERY)
         changer.start()
@@ -670,7 +669,7 @@ def soak(plan: Plan, report: Report) -> None:
         phase.value = SOAK
         rss: list[tuple[float, float]] = []
         fds: list[tuple[float, float]] = []
-        gauges: list[float] = []
+        subscribers: list[float] = []
         tier: list[float] = []  # answers in the memory tier: what RSS may grow with
         started = time.monotonic()
         while True:
@@ -678,8 +677,9 @@ def soak(plan: Plan, report: Report) -> None:
             alive()
             rss.append((now, rss_kib(daemon.pid) / 1024))
             fds.append((now, fd_count(daemon.pid)))
-            gauges.append(gauge(daemon, SUBSCRIBERS))
-            tier.append(gauge(daemon, MEMORY_TIER))
+            subscribed, entries = gauges(daemon, SUBSCRIBERS, MEMORY_TIER)
+            subscribers.append(subscribed)
+            tier.append(entries)
             if now >= plan.soak_seconds:
                 break
             time.sleep(min(SAMPLE_EVERY, plan.soak_seconds - now))
@@ -688,9 +688,10 @@ def soak(plan: Plan, report: Report) -> None:
         flatness(report, "daemon RSS", rss, "MiB", max(plan.rss_allowed_mib, 0.1 * rss[0][1]))
         flatness(report, "daemon open fds", fds, "fds", max(10.0, 0.02 * fds[0][1]))
         report.figure("memory tier entries start / end", f"{tier[0]:.0f} / {tier[-1]:.0f}")
-        report.figure("subscribers min / max (gauge)", f"{min(gauges):.0f} / {max(gauges):.0f}")
-        if min(gauges) < plan.subscribers:
-            report.problem(f"only {min(gauges):.0f} of {plan.subscribers} subscribers at times")
+        fewest, most = min(subscribers), max(subscribers)
+        report.figure("subscribers min / max (gauge)", f"{fewest:.0f} / {most:.0f}")
+        if fewest < plan.subscribers:
+            report.problem(f"only {fewest:.0f} of {plan.subscribers} subscribers at times")
 
         # --- graceful shutdown under load
         phase.value = SHUTDOWN
