@@ -1,7 +1,10 @@
-"""Size limits of the HTTP port, on real servers: bodies over 1 MiB get 413 whether their
-length is announced or streamed, header blocks over 16 KiB get 431."""
+"""Limits of the HTTP port, on real servers: bodies over 1 MiB get 413 whether their
+length is announced or streamed, header blocks over 16 KiB get 431, and idle keep-alive
+connections stay open longer than clients keep them in their pools."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import httpx
 import pytest
@@ -13,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from marveld.web.limits import MAX_BODY_BYTES, MAX_HEADER_BYTES, RequestLimits
-from marveld.web.server import serve_asgi
+from marveld.web.server import KEEP_ALIVE_SECONDS, serve_asgi
 from tests.conftest import Running
 
 CHUNK = 64 * 1024
@@ -139,3 +142,40 @@ async def test_websockets_and_lifespan_pass_and_app_errors_propagate() -> None:
     assert recorder.sent == [{"type": "websocket.close", "code": 1009}]
     with pytest.raises(RuntimeError, match="a bug in the app"):  # not a refusal: not hidden
         await limits({"type": "http", "headers": []}, nothing, recorder.send)
+
+
+def test_idle_connections_outlast_httpx_pools() -> None:
+    # Were they equal (hypercorn's and httpx's defaults are both 5 s), a client could reuse
+    # a connection in the instant the server closes it, and lose a POST to a ReadError.
+    client_expiry = httpx.Limits().keepalive_expiry
+    assert client_expiry is not None
+    assert client_expiry < KEEP_ALIVE_SECONDS
+
+
+async def test_an_idle_keep_alive_connection_closes_after_its_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    app = Starlette(routes=[Route("/echo", echo_length, methods=["POST"])])
+    port: int = await nursery.start(
+        partial(serve_asgi, app, "127.0.0.1", 0, keep_alive_seconds=1.0)
+    )
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        request = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        await stream.send_all(request)
+        assert (await echo_answer(stream)).startswith(b"HTTP/1.1 200")
+        with trio.move_on_after(0.5):  # idle, but within its timeout: still open
+            assert await stream.receive_some(65536) == b"never"
+        await stream.send_all(request)  # and reusable
+        assert (await echo_answer(stream)).startswith(b"HTTP/1.1 200")
+        with trio.fail_after(10):
+            assert await stream.receive_some(65536) == b""  # closed once idle for 1 s
+
+
+async def echo_answer(stream: trio.SocketStream) -> bytes:
+    """One whole answer of /echo to an empty body (its body is ``0``)."""
+    answer = b""
+    with trio.fail_after(10):
+        while not answer.endswith(b"\r\n\r\n0"):
+            answer += await stream.receive_some(65536)
+    return answer

@@ -18,6 +18,11 @@ from marveld.web.limits import MAX_HEADER_BYTES, RequestLimits
 log = logging.getLogger(__name__)
 
 GRACEFUL_SECONDS = 5.0
+# How long an idle keep-alive connection stays open. It must outlast the clients' own pool
+# expiry: hypercorn's default (5 s) equals httpx's, so a client reusing a connection idle
+# for ~5 s raced the server's close and got a ReadError on a POST it could not safely
+# retry (seen in CI, reproduced 1 in 30 at 4.994 s idle). 75 s is nginx's default.
+KEEP_ALIVE_SECONDS = 75.0
 MAX_WEBSOCKET_MESSAGE_BYTES = 1 << 20
 
 
@@ -28,6 +33,7 @@ async def serve_asgi(
     *,
     name: str = "http",
     websocket_ping_interval: float | None = None,
+    keep_alive_seconds: float = KEEP_ALIVE_SECONDS,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``host:port`` (port 0 picks a free one) until cancelled.
@@ -40,6 +46,7 @@ async def serve_asgi(
     config.accesslog = None
     config.errorlog = logging.getLogger(f"marveld.{name}")
     config.graceful_timeout = GRACEFUL_SECONDS
+    config.keep_alive_timeout = keep_alive_seconds
     # Room for the request line and framing around the headers RequestLimits counts.
     config.h11_max_incomplete_size = 2 * MAX_HEADER_BYTES
     config.h2_max_header_list_size = 2 * MAX_HEADER_BYTES
