@@ -466,7 +466,10 @@ def gauges(daemon: Daemon, *samples: str) -> list[float]:
     """Samples of the daemon's /metrics, read once (0 when absent, -1 when it does not
     answer)."""
     try:
-        text = httpx.get(f"http://127.0.0.1:{daemon.http_port}/metrics", timeout=5).text
+        # Connection: close, or the daemon would hold this one-shot client's socket until
+        # its keep-alive timeout, and the fd figures would count the harness.
+        url = f"http://127.0.0.1:{daemon.http_port}/metrics"
+        text = httpx.get(url, headers={"Connection": "close"}, timeout=5).text
     except httpx.HTTPError:
         return [-1.0] * len(samples)
     values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] not in "#")

@@ -18,11 +18,13 @@ from marveld.web.limits import MAX_HEADER_BYTES, RequestLimits
 log = logging.getLogger(__name__)
 
 GRACEFUL_SECONDS = 5.0
-# How long an idle keep-alive connection stays open. It must outlast the clients' own pool
-# expiry: hypercorn's default (5 s) equals httpx's, so a client reusing a connection idle
-# for ~5 s raced the server's close and got a ReadError on a POST it could not safely
-# retry (seen in CI, reproduced 1 in 30 at 4.994 s idle). 75 s is nginx's default.
-KEEP_ALIVE_SECONDS = 75.0
+# How long an idle keep-alive connection stays open. Longer than clients keep idle
+# connections in their pools (httpx 5 s, aiohttp 15 s): hypercorn's default, 5 s, equals
+# httpx's, so a client reusing a connection idle ~5 s raced the server's close and lost a
+# POST to a ReadError (seen in CI; reproduced 1 in 30 at 4.994 s idle). Not much longer:
+# hypercorn's trio worker holds the socket of a client that closed an idle connection
+# (CLOSE-WAIT) until this timeout, so it bounds what short-lived clients cost in fds.
+KEEP_ALIVE_SECONDS = 20.0
 MAX_WEBSOCKET_MESSAGE_BYTES = 1 << 20
 
 
