@@ -24,7 +24,7 @@ import trio
 from marveld import __version__, client, daemon, malloc, systemd
 from marveld.config import ConfigError, Settings, load_settings
 from marveld.correlation import CorrelationFilter, TextFormatter
-from marveld.domain.errors import InvalidArgument, NotFound
+from marveld.domain.errors import CannotStart, InvalidArgument, NotFound
 from marveld.domain.users import User, normalize_email
 from marveld.sim import SimOptions, add_sim_arguments, options_from_args, run_sim
 from marveld.storage import StorageError, Store
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             print(f"marveld sim: {exc}", file=sys.stderr)
             sys.exit(2)
         _setup_logging("info")
-        sys.exit(_run_until_signal(lambda: run_sim(sim_options)))
+        sys.exit(_run_or_explain(lambda: run_sim(sim_options)))
     if args.command == "users":
         sys.exit(grant_admin(args.email, args.config, environ))
     try:
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     malloc.limit_arenas(environ)  # before trio starts its worker threads
     notifier = systemd.Notifier.from_env(environ)
     run = partial(serve, settings, demo=args.demo, notifier=notifier)
-    sys.exit(_run_until_signal(run, notifier))
+    sys.exit(_run_or_explain(run, notifier))
 
 
 async def serve(
@@ -151,6 +151,29 @@ def grant_admin(email: str, config: Path | None, env: Mapping[str, str]) -> int:
         return fail(str(exc))
     print(f"{user.email} is now an admin")
     return 0
+
+
+def _run_or_explain(
+    start: Callable[[], Awaitable[None]], notifier: systemd.Notifier | None = None
+) -> int:
+    """:func:`_run_until_signal`; a failure its operator can fix (a port taken, a database
+    that cannot be opened) is one log line and exit status 1, not a traceback."""
+    try:
+        return _run_until_signal(start, notifier)
+    except Exception as exc:
+        reason = _cannot_start(exc)
+        if reason is None:
+            raise
+        log.error("cannot start: %s", reason)
+        return 1
+
+
+def _cannot_start(exc: BaseException) -> CannotStart | None:
+    """The CannotStart a failed run came down to, when that is all it was (each nursery on
+    the way up wrapped it in an exception group)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, CannotStart) else None
 
 
 def _run_until_signal(

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -41,10 +42,12 @@ def cli_logging_undone() -> Iterator[None]:
     root.setLevel(level)
 
 
-def run_main(argv: list[str], env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> str:
+def run_main(
+    argv: list[str], env: dict[str, str], capsys: pytest.CaptureFixture[str], *, code: int = 2
+) -> str:
     with pytest.raises(SystemExit) as info:
         cli.main(argv, env)
-    assert info.value.code == 2
+    assert info.value.code == code
     return capsys.readouterr().err
 
 
@@ -77,6 +80,56 @@ def test_bad_simulator_option_is_one_line(capsys: pytest.CaptureFixture[str]) ->
     err = run_main(["sim", "--fail-rate", "2"], {}, capsys)
     assert "fail" in err
     assert err.count("\n") == 1
+
+
+def empty_config(tmp_path: Path) -> Path:
+    config = tmp_path / "marveld.toml"
+    config.touch()
+    return config
+
+
+def test_a_file_that_is_not_a_database_stops_start_up_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = daemon_env(tmp_path, "http://127.0.0.1:9/v1/public")
+    env["MARVELD_LOG_FORMAT"] = "text"
+    junk = bytes(range(256)) * 64
+    path = Path(env["MARVELD_DATABASE_PATH"])
+    path.write_bytes(junk)
+    err = run_main(["serve", "--config", str(empty_config(tmp_path))], env, capsys, code=1)
+    line = err.strip().splitlines()[-1]
+    assert f"cannot start: cannot open database {path}: file is not a database" in line
+    assert "Traceback" not in err
+    assert path.read_bytes() == junk  # left as it was
+
+
+@pytest.mark.parametrize("setting", ["grpc.listen", "http.listen"])
+def test_a_taken_port_stops_start_up_naming_the_setting(
+    setting: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = daemon_env(tmp_path, "http://127.0.0.1:9/v1/public")
+    env["MARVELD_LOG_FORMAT"] = "text"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        env[f"MARVELD_{setting.replace('.', '_').upper()}"] = address
+        err = run_main(["serve", "--config", str(empty_config(tmp_path))], env, capsys, code=1)
+    line = err.strip().splitlines()[-1]
+    assert f"cannot start: cannot listen on {address} ({setting}): Address already in use" in line
+    assert "Traceback" not in err
+
+
+def test_the_simulator_on_a_taken_port_says_so_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        err = run_main(["sim", "--port", str(port)], {}, capsys, code=1)
+    assert f"cannot listen on 127.0.0.1:{port} (--host, --port)" in err
+    assert "Traceback" not in err
 
 
 async def test_demo_serves_with_its_own_simulator(tmp_path: Path) -> None:

@@ -18,8 +18,9 @@ INTERNAL = {
     "storage": {"domain", "storage"},
     "upstream": {"domain", "upstream"},
     "services": {"domain", "storage", "upstream", "metrics", "services"},
-    "grpc": {"domain", "services", "grpc", "proto", "metrics", "correlation"},
-    "web": {"domain", "services", "web", "metrics", "correlation"},
+    "listen": {"domain"},
+    "grpc": {"domain", "services", "grpc", "proto", "metrics", "correlation", "listen"},
+    "web": {"domain", "services", "web", "metrics", "correlation", "listen"},
     # The simulator sends its webhooks with upstream's sender (httpx lives there).
     "sim": {"domain", "sim", "web", "upstream"},
     "systemd": set(),

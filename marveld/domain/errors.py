@@ -87,3 +87,15 @@ class CursorExpired(MarveldError):
         )
         self.cursor = cursor
         self.oldest = oldest
+
+
+class CannotStart(MarveldError):
+    """The daemon cannot start for a reason its operator can fix; the message says what
+    and which setting. ``marveld serve`` prints it as one line and exits with status 1."""
+
+
+class CannotListen(CannotStart):
+    """A listening address is taken, not allowed or unknown."""
+
+    def __init__(self, setting: str, host: str, port: int, reason: OSError) -> None:
+        super().__init__(f"cannot listen on {host}:{port} ({setting}): {reason.strerror or reason}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +26,7 @@ from grpclib.reflection.service import ServerReflection
 
 from marveld import correlation
 from marveld.grpc.bridge import PassthroughCodec, Service
+from marveld.listen import listen_tcp
 from marveld.metrics import Metrics
 from marveld.proto.google_proto_descriptor_pool import default_google_proto_descriptor_pool
 
@@ -58,21 +58,6 @@ class _Descriptors:
             raise KeyError(args[0] if args else name)
 
         return lookup
-
-
-def bind_tcp(host: str, port: int) -> socket.socket:
-    """A listening TCP socket; port 0 picks a free one."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted sockets inherit this. grpclib sets it per connection only when the socket's
-    # proto is IPPROTO_TCP; without it Nagle's algorithm and delayed ACKs added ~40 ms to
-    # every call (bench/latency.py: health check 44 ms → 0.6 ms).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
 
 
 class GrpcFace:
@@ -131,7 +116,7 @@ class GrpcFace:
         return server
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        sock = bind_tcp(self._host, self._port)
+        sock = listen_tcp(self._host, self._port, "grpc.listen")
         port = int(sock.getsockname()[1])
         async with trio_asyncio.open_loop():
             server = self._server()

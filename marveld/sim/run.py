@@ -42,7 +42,9 @@ async def run_sim(
     app = build_app(state, editor)
     async with trio.open_nursery() as nursery:
         await nursery.start(send_webhooks, state)
-        serve = partial(serve_asgi, app, options.host, options.port, name="sim")
+        serve = partial(
+            serve_asgi, app, options.host, options.port, name="sim", setting="--host, --port"
+        )
         port: int = await nursery.start(serve)
         url = base_url(options.host, port)
         log.info("marveld sim serving %d characters on %s", len(catalogue), url)

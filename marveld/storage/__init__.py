@@ -10,7 +10,7 @@ from __future__ import annotations
 from marveld.storage.cache import CacheEntry, CacheRepo
 from marveld.storage.changes import BatchResult, ChangeRepo
 from marveld.storage.characters import CharacterRepo
-from marveld.storage.errors import SchemaTooNew, StorageError
+from marveld.storage.errors import CannotOpen, SchemaTooNew, StorageError
 from marveld.storage.notifications import NotificationPage, NotificationRepo, SagaStep
 from marveld.storage.reads import ReadRepo, SearchResult
 from marveld.storage.schema import LATEST_VERSION
@@ -24,6 +24,7 @@ __all__ = [
     "BatchResult",
     "CacheEntry",
     "CacheRepo",
+    "CannotOpen",
     "ChangeRepo",
     "CharacterRepo",
     "Delivery",

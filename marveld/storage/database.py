@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import trio
 
-from marveld.storage.errors import StorageError
+from marveld.storage.errors import CannotOpen, StorageError
 from marveld.storage.schema import migrate
 
 log = logging.getLogger(__name__)
@@ -129,9 +129,9 @@ class Database:
         try:
             writer, version = await trio.to_thread.run_sync(_open_writer, path)
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot open database {path}: {exc}") from exc
+            raise CannotOpen(f"cannot open database {path}: {exc}") from exc
         except OSError as exc:
-            raise StorageError(f"cannot create database {path}: {exc}") from exc
+            raise CannotOpen(f"cannot create database {path}: {exc}") from exc
         opened: list[sqlite3.Connection] = []
         try:
             for _ in range(readers):
@@ -140,7 +140,7 @@ class Database:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_close_all, [*opened, writer])
             if isinstance(exc, sqlite3.Error):
-                raise StorageError(f"cannot open database {path}: {exc}") from exc
+                raise CannotOpen(f"cannot open database {path}: {exc}") from exc
             raise
         log.debug("database %s open (schema %d, %d readers)", path, version, readers)
         return cls(path, writer, opened, version)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from marveld.domain.errors import MarveldError
+from marveld.domain.errors import CannotStart, MarveldError
 
 
 class StorageError(MarveldError):
     """The database failed (I/O, lock timeout, a closed store). Not the client's fault."""
 
 
-class SchemaTooNew(StorageError):
+class CannotOpen(StorageError, CannotStart):
+    """The database file cannot be opened: not a database, not readable, or its folder
+    cannot be created."""
+
+
+class SchemaTooNew(CannotOpen):
     """The database was written by a newer marveld than this one; opening it would be unsafe."""
 
     def __init__(self, path: str, found: int, known: int) -> None:

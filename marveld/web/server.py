@@ -13,6 +13,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from marveld.listen import listen_tcp
 from marveld.web.limits import MAX_HEADER_BYTES, RequestLimits
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ async def serve_asgi(
     name: str = "http",
     websocket_ping_interval: float | None = None,
     keep_alive_seconds: float = KEEP_ALIVE_SECONDS,
+    setting: str = "http.listen",
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``host:port`` (port 0 picks a free one) until cancelled.
@@ -44,7 +46,9 @@ async def serve_asgi(
     bodies (:class:`RequestLimits`) and WebSocket messages have size limits.
     """
     config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    # Bound here, not by hypercorn: a taken port is then CannotListen naming ``setting``
+    # (and hypercorn would leave its socket unclosed). hypercorn owns it from here on.
+    config.bind = [f"fd://{listen_tcp(host, port, setting).detach()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger(f"marveld.{name}")
     config.graceful_timeout = GRACEFUL_SECONDS
