@@ -3,7 +3,7 @@ that everything is wired."""
 
 import argparse
 
-from bench import cache, latency, notifications, security, sync
+from bench import arenas, cache, latency, notifications, security, sync
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -14,3 +14,4 @@ if __name__ == "__main__":
     security.main(["--logins", "5", "--verifies", "2000", "--calls", "200"] if args.quick else [])
     sync.main([])
     notifications.main(["--subscribers", "200", "--replay", "5000"] if args.quick else [])
+    arenas.main(["--quick", "--rounds", "2"] if args.quick else [])
