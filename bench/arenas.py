@@ -25,25 +25,14 @@ import json
 import os
 import time
 from collections.abc import Awaitable
-from pathlib import Path
 from typing import Any
 
 from bench.cache import HOT, Client, distinct_queries, encode_request, medians, run_calls
-from bench.harness import RESULTS, Daemon, processes
+from bench.harness import RESULTS, Daemon, memory_kib, processes
 
 UNCAPPED = "16"  # glibc's default arena limit on this machine: 8 per core, 2 cores
 KINDS = ("sqlite_hit", "sqlite_hit_64", "miss_16")
 PHASE_SECONDS = 60.0
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmSize of ``pid`` from /proc, in KiB."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmSize"):
-            out[name] = int(value.split()[0])
-    return out
 
 
 async def one_round(
@@ -111,7 +100,10 @@ def main(argv: list[str] | None = None) -> None:
         }
         procs.wait_ready()
         rounds = asyncio.run(measure(daemons, args.rounds, hits, misses))
-        memory = {name: memory_kib(d.pid) for name, d in daemons.items()}
+        memory = {
+            name: {k: v for k, v in memory_kib(d.pid).items() if k in ("VmRSS", "VmSize")}
+            for name, d in daemons.items()
+        }
     summary = {
         name: {kind: medians([r[kind] for r in runs]) for kind in KINDS}
         for name, runs in rounds.items()

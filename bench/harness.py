@@ -260,6 +260,38 @@ class Processes:
         return found
 
 
+SUBSCRIBERS = 'marveld_notification_subscribers{channel="grpc"}'
+MEMORY_TIER = 'marveld_cache_entries{tier="memory"}'
+
+
+def gauges(daemon: Daemon, *samples: str) -> list[float]:
+    """Samples of the daemon's /metrics, read once (0 when absent, -1 when it does not
+    answer)."""
+    try:
+        # Connection: close, or the daemon would hold this one-shot client's socket until
+        # its keep-alive timeout, and fd figures would count the harness.
+        url = f"http://127.0.0.1:{daemon.http_port}/metrics"
+        text = httpx.get(url, headers={"Connection": "close"}, timeout=TIMEOUT).text
+    except httpx.HTTPError:
+        return [-1.0] * len(samples)
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] not in "#")
+    return [float(values.get(sample, 0.0)) for sample in samples]
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """The memory figures of /proc/<pid>/status (VmRSS, VmSize, ...), in KiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if value.endswith(" kB"):
+            out[name] = int(value.split()[0])
+    return out
+
+
+def rss_kib(pid: int) -> int:
+    return memory_kib(pid)["VmRSS"]
+
+
 def log_record(line: str) -> dict[str, Any] | None:
     """A JSON log line as its record, or None for anything else (e.g. a bare traceback)."""
     try:

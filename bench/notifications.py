@@ -40,7 +40,7 @@ import trio
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 
-from bench.harness import Daemon, login, percentile, processes
+from bench.harness import SUBSCRIBERS, gauges, login, percentile, processes, rss_kib
 from marveld.proto.marvel import v1 as pb
 from marveld.storage import Store
 
@@ -48,21 +48,6 @@ RESULTS = Path(__file__).parent / "results"
 STREAMS_PER_CHANNEL = 100
 SPIDER_MAN = 1009610
 WAIT_SECONDS = 60.0
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def gauge(daemon: Daemon) -> float:
-    text = httpx.get(f"http://127.0.0.1:{daemon.http_port}/metrics", timeout=5).text
-    for line in text.splitlines():
-        if line.startswith('marveld_notification_subscribers{channel="grpc"}'):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def wait_for(condition: Any, what: str, seconds: float = WAIT_SECONDS) -> None:
@@ -181,7 +166,7 @@ def fan_out(subscribers: int, workers: int) -> dict[str, Any]:
             def all_subscribed() -> bool:
                 if any(p.exitcode not in (None, 0) for p in children):
                     raise RuntimeError("a client process failed")
-                return gauge(daemon) >= subscribers
+                return gauges(daemon, SUBSCRIBERS)[0] >= subscribers
 
             wait_for(all_subscribed, f"{subscribers} subscribers")
             connect_s = time.monotonic() - started

@@ -76,14 +76,17 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from bench.harness import (
+    MEMORY_TIER,
     PRIVATE_KEY,
     PUBLIC_KEY,
-    Daemon,
+    SUBSCRIBERS,
     Sim,
     free_port,
+    gauges,
     processes,
+    rss_kib,
 )
-from bench.notifications import grpc_call, make_admin, rss_kib, trigger_sync
+from bench.notifications import grpc_call, make_admin, trigger_sync
 from marveld.proto.marvel import v1 as pb
 from reliability.common import Report, report_logged
 from reliability.invariants import (
@@ -456,24 +459,6 @@ def register(port: int, name: str) -> Account:
         f"log in {email}",
     )
     return Account(email, profile.id, {"authorization": f"Bearer {token.access_token}"})
-
-
-SUBSCRIBERS = 'marveld_notification_subscribers{channel="grpc"}'
-MEMORY_TIER = 'marveld_cache_entries{tier="memory"}'
-
-
-def gauges(daemon: Daemon, *samples: str) -> list[float]:
-    """Samples of the daemon's /metrics, read once (0 when absent, -1 when it does not
-    answer)."""
-    try:
-        # Connection: close, or the daemon would hold this one-shot client's socket until
-        # its keep-alive timeout, and the fd figures would count the harness.
-        url = f"http://127.0.0.1:{daemon.http_port}/metrics"
-        text = httpx.get(url, headers={"Connection": "close"}, timeout=5).text
-    except httpx.HTTPError:
-        return [-1.0] * len(samples)
-    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] not in "#")
-    return [float(values.get(sample, 0.0)) for sample in samples]
 
 
 def fd_count(pid: int) -> int:

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -88,6 +89,15 @@ def empty_config(tmp_path: Path) -> Path:
     return config
 
 
+@contextmanager
+def taken_port() -> Iterator[int]:
+    """A loopback port something else listens on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield int(taken.getsockname()[1])
+
+
 def test_a_file_that_is_not_a_database_stops_start_up_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -109,10 +119,8 @@ def test_a_taken_port_stops_start_up_naming_the_setting(
 ) -> None:
     env = daemon_env(tmp_path, "http://127.0.0.1:9/v1/public")
     env["MARVELD_LOG_FORMAT"] = "text"
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        address = f"127.0.0.1:{taken.getsockname()[1]}"
+    with taken_port() as port:
+        address = f"127.0.0.1:{port}"
         env[f"MARVELD_{setting.replace('.', '_').upper()}"] = address
         err = run_main(["serve", "--config", str(empty_config(tmp_path))], env, capsys, code=1)
     line = err.strip().splitlines()[-1]
@@ -123,10 +131,7 @@ def test_a_taken_port_stops_start_up_naming_the_setting(
 def test_the_simulator_on_a_taken_port_says_so_in_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         err = run_main(["sim", "--port", str(port)], {}, capsys, code=1)
     assert f"cannot listen on 127.0.0.1:{port} (--host, --port)" in err
     assert "Traceback" not in err

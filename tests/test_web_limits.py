@@ -5,6 +5,7 @@ connections stay open longer than clients keep them in their pools."""
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import httpx
 import pytest
@@ -26,9 +27,10 @@ async def echo_length(request: Request) -> PlainTextResponse:
     return PlainTextResponse(str(len(await request.body())))
 
 
-async def serve_echo(nursery: trio.Nursery) -> int:
+async def serve_echo(nursery: trio.Nursery, **options: Any) -> int:
+    """/echo on a free port; ``options`` are more serve_asgi arguments."""
     app = Starlette(routes=[Route("/echo", echo_length, methods=["POST"])])
-    port: int = await nursery.start(serve_asgi, app, "127.0.0.1", 0)
+    port: int = await nursery.start(partial(serve_asgi, app, "127.0.0.1", 0, **options))
     return port
 
 
@@ -155,10 +157,7 @@ def test_idle_connections_outlast_httpx_pools() -> None:
 async def test_an_idle_keep_alive_connection_closes_after_its_timeout(
     nursery: trio.Nursery,
 ) -> None:
-    app = Starlette(routes=[Route("/echo", echo_length, methods=["POST"])])
-    port: int = await nursery.start(
-        partial(serve_asgi, app, "127.0.0.1", 0, keep_alive_seconds=1.0)
-    )
+    port = await serve_echo(nursery, keep_alive_seconds=1.0)
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         request = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
