@@ -47,11 +47,22 @@ class HostPort:
 @dataclass(frozen=True)
 class GrpcSettings:
     listen: HostPort
+    max_connections: int
+    handshake_timeout: float
+    idle_timeout: float
+    keepalive_time: float
+    keepalive_timeout: float
+    max_concurrent_streams: int
+    max_header_list_size: int
+    max_resets: int
 
 
 @dataclass(frozen=True)
 class HttpSettings:
     listen: HostPort
+    max_connections: int
+    handshake_timeout: float
+    idle_timeout: float
 
 
 @dataclass(frozen=True)
@@ -192,8 +203,42 @@ def _api_root(url: str) -> None:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("grpc", "listen", "hostport", "127.0.0.1:50051", "Address of the gRPC server."),
+    Setting("grpc", "max_connections", "int", 1000,
+            "Most client connections open at once; a connection past it is closed at once, "
+            "with a WARNING (at most one a minute).", bounds=(1, 1_000_000)),
+    Setting("grpc", "handshake_timeout", "duration", "10s",
+            "Time a new connection has to send the HTTP/2 preface and its SETTINGS; "
+            "then it is closed."),
+    Setting("grpc", "idle_timeout", "duration", "5m",
+            "A connection with no call open for this long gets GOAWAY and is closed."),
+    Setting("grpc", "keepalive_time", "duration", "30s",
+            "Time without a frame from the peer after which a connection with calls open "
+            "is sent an HTTP/2 PING."),
+    Setting("grpc", "keepalive_timeout", "duration", "20s",
+            "A peer that does not answer a PING within this time is closed, with its calls."),
+    Setting("grpc", "max_concurrent_streams", "int", 100,
+            "Calls open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS); a call "
+            "past it is refused (REFUSED_STREAM).", bounds=(1, 10_000)),
+    Setting("grpc", "max_header_list_size", "int", 16384,
+            "Bytes of one call's request headers (SETTINGS_MAX_HEADER_LIST_SIZE); a call "
+            "over it is RESOURCE_EXHAUSTED (UNAUTHENTICATED for an oversized token), and the "
+            "connection stays usable.", bounds=(4096, 1 << 20)),
+    Setting("grpc", "max_resets", "int", 200,
+            "Calls one connection may cancel (RST_STREAM) or have refused in 10 s; past it "
+            "the connection gets GOAWAY ENHANCE_YOUR_CALM and is closed.",
+            bounds=(1, 1_000_000)),
     Setting("http", "listen", "hostport", "127.0.0.1:8080",
             "Address of the HTTP face: metrics, health, WebSocket, webhook, JSON gateway."),
+    Setting("http", "max_connections", "int", 1000,
+            "Most client connections open at once (WebSockets included); a connection past "
+            "it is closed at once, with a WARNING (at most one a minute).",
+            bounds=(1, 1_000_000)),
+    Setting("http", "handshake_timeout", "duration", "10s",
+            "Time a new connection has to send its first request's headers; then it is "
+            "closed."),
+    Setting("http", "idle_timeout", "duration", "20s",
+            "A keep-alive connection with no request for this long is closed. Longer than "
+            "clients keep idle connections (httpx 5 s, aiohttp 15 s)."),
     Setting("database", "path", "path", "marveld.db",
             "SQLite database file; a relative path is relative to the working directory."),
     Setting("upstream", "url", "url", "http://127.0.0.1:8089/v1/public",
