@@ -24,6 +24,7 @@ import trio
 from marveld import __version__, client, daemon, malloc, systemd
 from marveld.config import ConfigError, Settings, load_settings
 from marveld.correlation import CorrelationFilter, TextFormatter
+from marveld.descriptors import ensure_descriptors
 from marveld.domain.errors import CannotStart, InvalidArgument, NotFound
 from marveld.domain.users import User, normalize_email
 from marveld.sim import SimOptions, add_sim_arguments, options_from_args, run_sim
@@ -80,6 +81,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         sys.exit(2)
     _setup_logging(settings.log.level, settings.log.format)
     malloc.limit_arenas(environ)  # before trio starts its worker threads
+    ensure_descriptors(settings.grpc.max_connections + settings.http.max_connections)
     notifier = systemd.Notifier.from_env(environ)
     run = partial(serve, settings, demo=args.demo, notifier=notifier)
     sys.exit(_run_or_explain(run, notifier))

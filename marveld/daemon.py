@@ -15,6 +15,7 @@ from marveld.config import RateLimitSettings, Settings
 from marveld.domain.cache_policy import CachePolicy
 from marveld.grpc import convert
 from marveld.grpc.admin import admin_service
+from marveld.grpc.connections import ConnectionLimits
 from marveld.grpc.handlers import auth_service, character_service, user_service
 from marveld.grpc.notifications import notification_service
 from marveld.grpc.server import GrpcFace
@@ -76,7 +77,22 @@ async def run(
         clock=clock,
         on_change=metrics.upstream_budget_remaining.set,
     )
-    grpc = GrpcFace(settings.grpc.listen.host, settings.grpc.listen.port, metrics)
+    g = settings.grpc
+    grpc = GrpcFace(
+        g.listen.host,
+        g.listen.port,
+        metrics,
+        ConnectionLimits(
+            max_connections=g.max_connections,
+            handshake_timeout=g.handshake_timeout,
+            idle_timeout=g.idle_timeout,
+            keepalive_time=g.keepalive_time,
+            keepalive_timeout=g.keepalive_timeout,
+            max_concurrent_streams=g.max_concurrent_streams,
+            max_header_list_size=g.max_header_list_size,
+            max_resets=g.max_resets,
+        ),
+    )
 
     def breaker_changed(serving: bool) -> None:
         metrics.breaker_changed(serving)

@@ -116,9 +116,10 @@ def unary(
 ) -> grpclib.const.Handler:
     """A grpclib unary handler: reads the request, tries ``fast`` (no trio), else hops into
     trio once, and replies."""
+    reader = wire.Request(request_type)
 
     async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
-        request = await wire.receive_request(stream, request_type)
+        request = await reader.receive(stream)
         ctx = context_of(stream)
         if fast is not None and (encoded := _try_fast(fast, request, ctx)) is not None:
             await stream.send_message(encoded)

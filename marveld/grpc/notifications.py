@@ -162,8 +162,10 @@ def notification_service(service: NotificationService) -> Service:
         after = request.after_cursor
         return await service.open(ctx.authorization, after, _filter(request), channel=CHANNEL)
 
+    subscribe_request = wire.Request(pb.SubscribeRequest)
+
     async def subscribe(stream: grpclib.server.Stream[Any, Any]) -> None:
-        request = await wire.receive_request(stream, pb.SubscribeRequest)
+        request = await subscribe_request.receive(stream)
         ctx = context_of(stream)
         session, error = await trio_asyncio.trio_as_aio(_call_in_trio)(
             open_session, request, ctx, OPEN_SECONDS

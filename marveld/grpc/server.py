@@ -17,6 +17,7 @@ import trio
 import trio_asyncio
 from google.protobuf.descriptor_pool import Default
 from grpclib.config import Configuration
+from grpclib.const import Status
 from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.events import RecvRequest, SendInitialMetadata, SendTrailingMetadata, listen
 from grpclib.health.check import ServiceStatus
@@ -25,7 +26,9 @@ from grpclib.reflection._deprecated import ServerReflection as ServerReflectionV
 from grpclib.reflection.service import ServerReflection
 
 from marveld import correlation
+from marveld.grpc import wire
 from marveld.grpc.bridge import PassthroughCodec, Service
+from marveld.grpc.connections import ConnectionLimits, GuardedServer
 from marveld.listen import listen_tcp
 from marveld.metrics import Metrics
 from marveld.proto.google_proto_descriptor_pool import default_google_proto_descriptor_pool
@@ -35,10 +38,6 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 5.0
 # Calls whose request line is logged at DEBUG: probes, every few seconds.
 QUIET_SERVICES = frozenset({"grpc.health.v1.Health"})
-# HTTP/2 pings on connections with calls in flight (long streams included): a peer that
-# does not answer within the timeout is dropped, and its streams with it.
-KEEPALIVE_SECONDS = 30.0
-KEEPALIVE_TIMEOUT_SECONDS = 20.0
 
 
 class _Descriptors:
@@ -68,10 +67,13 @@ class GrpcFace:
     NOT_SERVING with :meth:`set_serving`.
     """
 
-    def __init__(self, host: str, port: int, metrics: Metrics) -> None:
+    def __init__(
+        self, host: str, port: int, metrics: Metrics, limits: ConnectionLimits | None = None
+    ) -> None:
         self._host = host
         self._port = port
         self._metrics = metrics
+        self._limits = limits or ConnectionLimits()
         self._services: list[Service] = []
         self._statuses: dict[str, ServiceStatus] = {}
         self._before_close: list[Callable[[], Awaitable[None]]] = []
@@ -91,22 +93,35 @@ class GrpcFace:
         """Plain synchronous code: callable from trio (the asyncio loop runs in this thread)."""
         self._statuses[service].set(serving)
 
+    def _refused(self, path: str, status: Status) -> None:
+        """A call answered before grpclib saw it (connections.py): counted like any other
+        call of a method we serve (an unknown path would make label values unbounded)."""
+        if path:
+            _, service, method = path.split("/")
+            self._metrics.rpc_start(service, method)
+            self._metrics.rpc_end(service, method, status.name, 0.0)
+
     def _server(self) -> grpclib.server.Server:
         names = [s.name for s in self._services]
         names += ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"]
         checks: dict[Any, list[ServiceStatus]] = {OVERALL: []}
         checks.update({s: [self._statuses[s.name]] for s in self._services})
         pool = _Descriptors()
-        server = grpclib.server.Server(
+        # HTTP/2 pings on connections with calls in flight (long streams included): a peer
+        # that does not answer within keepalive_timeout is dropped, and its streams with it.
+        limits = self._limits
+        server = GuardedServer(
             [
                 *self._services,
-                Health(checks),
-                ServerReflection(_service_names=names, _pool=pool),
-                ServerReflectionV1Alpha(_service_names=names, _pool=pool),
+                wire.strict_service(Health(checks)),
+                wire.strict_service(ServerReflection(_service_names=names, _pool=pool)),
+                wire.strict_service(ServerReflectionV1Alpha(_service_names=names, _pool=pool)),
             ],
+            limits=limits,
+            on_refused=self._refused,
             codec=PassthroughCodec(),
             config=Configuration(
-                _keepalive_time=KEEPALIVE_SECONDS, _keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS
+                _keepalive_time=limits.keepalive_time, _keepalive_timeout=limits.keepalive_timeout
             ),
             # Named, not left to grpclib: it drops error details (RetryInfo) when a custom
             # codec is passed and no details codec is.

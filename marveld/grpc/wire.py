@@ -1,4 +1,6 @@
-"""What grpclib leaves to the application: a size cap on requests, strict decoding, and
+"""What grpclib leaves to the application: a size cap on requests, strict decoding (every
+request of every service, grpclib's health and reflection included through
+:func:`strict_service`, is checked by :mod:`marveld.grpc.validate` before a handler runs), and
 refusals that carry a ``retry-after`` trailer and a ``google.rpc.RetryInfo`` detail.
 
 All of it is plain asyncio-side code: the bridge uses it, and so can a handler that answers
@@ -10,15 +12,20 @@ from __future__ import annotations
 import logging
 import math
 import struct
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import betterproto2
+import grpclib.const
 import grpclib.server
 from google.protobuf.duration_pb2 import Duration
 from google.rpc.error_details_pb2 import RetryInfo
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from grpclib.stream import StreamIterator
+
+from marveld.grpc.validate import Malformed, Schema
+
+if TYPE_CHECKING:
+    from grpclib._typing import IServable
 
 log = logging.getLogger(__name__)
 
@@ -26,102 +33,137 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 1 << 20
 _PREFIX = struct.Struct(">?I")  # gRPC message framing: compressed flag, length
 
-# The wire types each protobuf field type may arrive with (a repeated scalar may be packed).
-_WIRE_TYPES = {
-    **{t: {betterproto2.WIRE_VARINT} for t in betterproto2.WIRE_VARINT_TYPES},
-    **{t: {betterproto2.WIRE_FIXED_32} for t in betterproto2.WIRE_FIXED_32_TYPES},
-    **{t: {betterproto2.WIRE_FIXED_64} for t in betterproto2.WIRE_FIXED_64_TYPES},
-    **{t: {betterproto2.WIRE_LEN_DELIM} for t in betterproto2.WIRE_LEN_DELIM_TYPES},
-}
 
+class Request:
+    """How a handler reads its request type: the checks are compiled once, when the handler is
+    built, and run on every message before any parser or handler sees it."""
 
-async def receive_request(stream: grpclib.server.Stream[Any, Any], request_type: type) -> Any:
-    """The call's one request message, decoded strictly.
+    __slots__ = ("message_type", "schema")
 
-    RESOURCE_EXHAUSTED past :data:`MAX_REQUEST_BYTES`, INVALID_ARGUMENT for a missing,
-    truncated or malformed message, UNIMPLEMENTED for a compressed one: never UNKNOWN.
+    def __init__(self, message_type: type) -> None:
+        self.message_type = message_type
+        self.schema = Schema.of(message_type)
 
-    grpclib has no receive limit (grpc-core's ``max_receive_message_length``): its
-    ``Stream.recv_message`` buffers whatever length the 5-byte prefix announces. So this reads
-    the prefix itself and refuses before buffering the body, through grpclib's own
-    ``protocol.Stream`` (``stream._stream``) and codec (``stream._codec``). A grpclib upgrade
-    that changes those fails tests/test_wire.py.
-    """
-    raw = stream._stream
-    try:
-        prefix = await raw.recv_data(_PREFIX.size)
-        if not prefix:
+    async def receive(self, stream: grpclib.server.Stream[Any, Any]) -> Any:
+        """The call's one request message (a unary request): INVALID_ARGUMENT when there is
+        none."""
+        message = await self.receive_next(stream)
+        if message is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "the call carries no request message")
-        compressed, length = _PREFIX.unpack(prefix)
-        if compressed:
-            raise GRPCError(Status.UNIMPLEMENTED, "compressed requests are not supported")
-        if length > MAX_REQUEST_BYTES:
+        return message
+
+    async def receive_next(self, stream: grpclib.server.Stream[Any, Any]) -> Any | None:
+        """The next message of the request stream, decoded strictly; None at its end.
+
+        RESOURCE_EXHAUSTED past :data:`MAX_REQUEST_BYTES`, INVALID_ARGUMENT for a truncated or
+        malformed message, UNIMPLEMENTED for a compressed one: never UNKNOWN.
+
+        grpclib has no receive limit (grpc-core's ``max_receive_message_length``): its
+        ``Stream.recv_message`` buffers whatever length the 5-byte prefix announces. So this
+        reads the prefix itself and refuses before buffering the body, through grpclib's own
+        ``protocol.Stream`` (``stream._stream``) and codec (``stream._codec``). A grpclib
+        upgrade that changes those fails tests/test_wire.py.
+        """
+        raw = stream._stream
+        try:
+            prefix = await raw.recv_data(_PREFIX.size)
+            if not prefix:
+                return None
+            compressed, length = _PREFIX.unpack(prefix)
+            if compressed:
+                raise GRPCError(Status.UNIMPLEMENTED, "compressed requests are not supported")
+            if length > MAX_REQUEST_BYTES:
+                raise GRPCError(
+                    Status.RESOURCE_EXHAUSTED,
+                    f"the request is {length} bytes; the limit is {MAX_REQUEST_BYTES}",
+                )
+            data = await raw.recv_data(length)
+        except AssertionError:  # grpclib's Buffer: the stream ended inside the prefix or body
+            raise GRPCError(Status.INVALID_ARGUMENT, "the request message is truncated") from None
+        if len(data) != length:  # it ended before the body: the Buffer reads b""
+            raise GRPCError(Status.INVALID_ARGUMENT, "the request message is truncated")
+        return self.decode(data, stream._codec)
+
+    def decode(self, data: bytes, codec: Any) -> Any:
+        """``data`` as the request type; INVALID_ARGUMENT naming the field when it is not one.
+
+        The schema's walk comes first: betterproto2 checks no wire types (``b"\\x08\\x01"``
+        decodes as a string field holding the int 1), and protobuf's parser names no field.
+        """
+        name = self.message_type.__name__
+        try:
+            self.schema.check(data)
+        except Malformed as exc:
             raise GRPCError(
-                Status.RESOURCE_EXHAUSTED,
-                f"the request is {length} bytes; the limit is {MAX_REQUEST_BYTES}",
-            )
-        data = await raw.recv_data(length)
-    except AssertionError:  # grpclib's Buffer: the stream ended inside the message
-        raise GRPCError(Status.INVALID_ARGUMENT, "the request message is truncated") from None
-    return decode(data, request_type, stream._codec)
+                Status.INVALID_ARGUMENT, f"the request is not a valid {name}: {exc}"
+            ) from None
+        try:
+            return codec.decode(data, self.message_type)
+        except Exception as exc:  # any parse failure is the client's bytes, not our bug
+            log.debug("undecodable %s: %s", name, type(exc).__name__)
+            raise GRPCError(Status.INVALID_ARGUMENT, f"the request is not a valid {name}") from None
 
 
-def decode(data: bytes, message_type: type, codec: Any) -> Any:
-    """``data`` as a ``message_type``; INVALID_ARGUMENT when it is not one.
+class StrictServable:
+    """A grpclib IServable whose handlers read their requests through :class:`Request`."""
 
-    betterproto2 does not check wire types: ``b"\\x08\\x01"`` decodes as a string field
-    holding the int 1. Every field is checked against its declared type first.
+    def __init__(self, servable: IServable) -> None:
+        self._mapping = {
+            path: _strict_handler(handler) for path, handler in servable.__mapping__().items()
+        }
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        return self._mapping
+
+
+def strict_service(servable: IServable) -> StrictServable:
+    """``servable`` (grpclib's Health, ServerReflection, ...) with every request checked by our
+    code before its handler sees it, as ours are.
+
+    Those handlers call ``stream.recv_message()`` themselves, which decodes with protobuf's
+    parser: garbage raises DecodeError there and the client gets UNKNOWN, and the size cap is
+    not applied. Each handler is given instead a stream whose ``recv_message`` is
+    :meth:`Request.receive` for a unary request and :meth:`Request.receive_next` for each
+    message of a request stream (reflection's bidi ServerReflectionInfo).
     """
-    try:
-        _check_wire_types(data, message_type)
-        return codec.decode(data, message_type)
-    except GRPCError:
-        raise
-    except Exception as exc:  # any parse failure is the client's bytes, not our bug
-        log.debug("undecodable %s: %s", message_type.__name__, type(exc).__name__)
-        raise GRPCError(
-            Status.INVALID_ARGUMENT, f"the request is not a valid {message_type.__name__}"
-        ) from None
+    return StrictServable(servable)
 
 
-def _check_wire_types(data: bytes, message_type: type) -> None:
-    meta = getattr(message_type, "_betterproto", None)
-    if meta is None:  # not a betterproto2 message (protobuf's own parser is strict)
-        return
-    for number, wire_type in _fields(data):
-        name = meta.field_name_by_number.get(number)
-        if name is None:
-            continue  # unknown fields are kept aside by the parser, as protobuf allows
-        field = meta.meta_by_field_name[name]
-        allowed = set(_WIRE_TYPES.get(field.proto_type, ()))
-        if field.repeated and field.proto_type in betterproto2.PACKED_TYPES:
-            allowed.add(betterproto2.WIRE_LEN_DELIM)
-        if wire_type not in allowed:
-            raise GRPCError(
-                Status.INVALID_ARGUMENT, f"{name}: wrong wire type for a {field.proto_type}"
-            )
+def _strict_handler(handler: grpclib.const.Handler) -> grpclib.const.Handler:
+    request = Request(handler.request_type)
+    streaming = handler.cardinality.client_streaming
+    inner = handler.func
+
+    async def strict(stream: grpclib.server.Stream[Any, Any]) -> None:
+        await inner(_StrictStream(stream, request, streaming))
+
+    return grpclib.const.Handler(
+        strict, handler.cardinality, handler.request_type, handler.reply_type
+    )
 
 
-def _fields(data: bytes) -> Iterator[tuple[int, int]]:
-    """(field number, wire type) of each field; ValueError when ``data`` is cut short or
-    uses a wire type proto3 does not have (betterproto2 reads both silently)."""
-    sizes = {betterproto2.WIRE_FIXED_64: 8, betterproto2.WIRE_FIXED_32: 4}
-    i = 0
-    while i < len(data):
-        key, i = betterproto2.decode_varint(data, i)
-        wire_type = key & 0x7
-        if wire_type == betterproto2.WIRE_VARINT:
-            _, i = betterproto2.decode_varint(data, i)
-        elif wire_type == betterproto2.WIRE_LEN_DELIM:
-            length, i = betterproto2.decode_varint(data, i)
-            i += length
-        elif wire_type in sizes:
-            i += sizes[wire_type]
-        else:
-            raise ValueError(f"wire type {wire_type}")
-        if i > len(data):
-            raise ValueError("truncated field")
-        yield key >> 3, wire_type
+class _StrictStream(StreamIterator[Any]):
+    """grpclib's server Stream, except that messages are read through a :class:`Request`.
+
+    Everything else (sending, metadata, deadline, peer) is the real stream's. grpclib's
+    RecvMessage event is not dispatched for these messages (marveld listens to none), as for
+    the requests of our own handlers.
+    """
+
+    def __init__(
+        self, stream: grpclib.server.Stream[Any, Any], request: Request, streaming: bool
+    ) -> None:
+        self._inner = stream
+        self._request = request
+        self._streaming = streaming
+
+    async def recv_message(self) -> Any:
+        if self._streaming:
+            return await self._request.receive_next(self._inner)
+        return await self._request.receive(self._inner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def rate_limited(message: str, retry_after: float) -> GRPCError:
