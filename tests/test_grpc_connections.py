@@ -16,7 +16,7 @@ from grpclib.const import Status
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
-from marveld.grpc.connections import MAX_TOKEN_BYTES
+from marveld.services.security import MAX_TOKEN_BYTES
 from marveld.sim import SimHandle
 from tests.calls import raw_call, status_of
 from tests.conftest import Clock, Running, running_daemon

@@ -19,7 +19,7 @@ import trio
 from grpclib.const import Status
 from jwt.warnings import InsecureKeyLengthWarning
 
-from marveld.services.security import key_id
+from marveld.services.security import MAX_TOKEN_BYTES, key_id
 from marveld.services.users import SESSION_SECONDS
 from marveld.sim import SimHandle
 from marveld.storage import Store
@@ -96,7 +96,7 @@ def forgeries(sub: str, victim: str, now: int, good: str) -> dict[str, str]:
         "not an access token (typ)": signed(ok, typ="JWT"),
         "signed with a retired key": signed(ok, RETIRED),
         "user that never existed": signed(claims("no-such-user", now)),
-        "far too long": signed(claims(sub, now, pad="x" * 5000)),
+        "far too long": signed(claims(sub, now, pad="x" * MAX_TOKEN_BYTES)),
         "not a JWT": "not-a-jwt",
         "header not JSON": f"{base64.urlsafe_b64encode(b'[1]').decode()}.{payload}.{signature}",
     }

@@ -20,7 +20,8 @@ from typing import Any, Final
 
 from marveld.domain.changes import CHARACTER_ADDED, CHARACTER_UPDATED
 from marveld.domain.errors import InvalidArgument
-from marveld.domain.queries import fold_name
+from marveld.domain.queries import MAX_CHARACTER_ID, fold_name
+from marveld.domain.text import check_unicode
 
 MAX_FILTER_IDS: Final = 1000
 MAX_PREFIX_CHARS: Final = 100
@@ -39,10 +40,13 @@ class Filter:
     @classmethod
     def parse(cls, character_ids: Iterable[int], name_prefix: str, *, field: str) -> Filter:
         ids = frozenset(int(i) for i in character_ids)
-        if any(i <= 0 for i in ids):
-            raise InvalidArgument(f"{field}.character_ids", "must be positive Marvel ids")
+        if any(not 1 <= i <= MAX_CHARACTER_ID for i in ids):
+            raise InvalidArgument(
+                f"{field}.character_ids", f"must be Marvel character ids, 1 to {MAX_CHARACTER_ID}"
+            )
         if len(ids) > MAX_FILTER_IDS:
             raise InvalidArgument(f"{field}.character_ids", f"at most {MAX_FILTER_IDS} ids")
+        check_unicode(name_prefix, f"{field}.name_prefix")
         if len(name_prefix) > MAX_PREFIX_CHARS:
             raise InvalidArgument(f"{field}.name_prefix", f"at most {MAX_PREFIX_CHARS} characters")
         return cls(ids, fold_name(name_prefix) if name_prefix.strip() else "")

@@ -1,6 +1,7 @@
 """Users: the stored shape and the checks on what a client sends.
 
-Hostile text is refused with the field named: control characters (C0 and C1), the Unicode
+Hostile text is refused with the field named: lone surrogates (a JSON body can spell
+them; nothing can store or hash them), control characters (C0 and C1), the Unicode
 controls that reorder text on screen (bidi embeddings, overrides and isolates: a name could
 otherwise display as something else), and names with nothing visible in them. Names and
 emails are NFC-normalized, so one that looks the same is stored the same.
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from marveld.domain.errors import InvalidArgument
+from marveld.domain.text import check_unicode
 
 MIN_PASSWORD = 10
 MAX_PASSWORD = 256
@@ -40,7 +42,7 @@ class User:
 def normalize_email(email: str) -> str:
     """Trimmed, NFC and lower-cased; InvalidArgument naming ``email`` when it is not an
     address (control, format or private-use characters included)."""
-    value = email.strip()
+    value = check_unicode(email, "email").strip()
     if not value:
         raise InvalidArgument("email", "must not be empty")
     if len(value) > MAX_EMAIL:
@@ -53,7 +55,7 @@ def normalize_email(email: str) -> str:
 
 def check_name(name: str) -> str:
     """Trimmed and NFC-normalized; 1 to 100 characters, something visible among them."""
-    value = unicodedata.normalize("NFC", name.strip())
+    value = unicodedata.normalize("NFC", check_unicode(name, "name").strip())
     if not value:
         raise InvalidArgument("name", "must not be empty")
     if len(value) > MAX_NAME:
@@ -68,7 +70,9 @@ def check_name(name: str) -> str:
 
 
 def check_password(password: str, common: Collection[str] = ()) -> str:
-    """10 to 256 characters, no NUL, and not one of ``common`` (lower-cased, trimmed)."""
+    """10 to 256 characters, no NUL, valid Unicode, and not one of ``common``
+    (lower-cased, trimmed)."""
+    check_unicode(password, "password")
     if len(password) < MIN_PASSWORD:
         raise InvalidArgument("password", f"must be at least {MIN_PASSWORD} characters")
     if len(password) > MAX_PASSWORD:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from marveld.domain.characters import parse_marvel_time
+from marveld.domain.json_body import JsonInvalid, parse_json
+from marveld.domain.queries import MAX_CHARACTER_ID
 
 SIGNATURE_HEADER: Final = "X-Marvel-Signature"
 TOLERANCE_SECONDS: Final = 300
@@ -33,7 +34,12 @@ class SignatureRefused(Exception):
 
 
 class PayloadInvalid(ValueError):
-    """The body is signed but not a change notification."""
+    """The body is signed but not a change notification. ``field`` names the member at
+    fault (``ids[3]``, ``occurred_at``), None when it is the body as a whole."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -81,27 +87,34 @@ class WebhookPayload:
 
     @classmethod
     def parse(cls, body: bytes) -> WebhookPayload:
-        """The payload of a signed body; PayloadInvalid naming what is wrong."""
+        """The payload of a signed body; PayloadInvalid naming what is wrong. The body is
+        read by ``domain.json_body`` (bounded nesting, valid Unicode); ids are Marvel's
+        (1 to MAX_CHARACTER_ID, as GetCharacter takes) and the time has a UTC equivalent."""
         try:
-            data: Any = json.loads(body)
-        except ValueError:
-            raise PayloadInvalid("body is not JSON") from None
+            data: Any = parse_json(body)
+        except JsonInvalid as exc:
+            raise PayloadInvalid(str(exc), exc.field) from None
         if not isinstance(data, dict):
             raise PayloadInvalid("body must be a JSON object")
         kind = data.get("type")
         if kind not in TYPES:
-            raise PayloadInvalid(f"type must be one of {', '.join(TYPES)}")
+            raise PayloadInvalid(f"type must be one of {', '.join(TYPES)}", "type")
         ids = data.get("ids")
-        if (
-            not isinstance(ids, list)
-            or not ids
-            or len(ids) > MAX_IDS
-            or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids)
-        ):
-            raise PayloadInvalid(f"ids must be a list of 1 to {MAX_IDS} positive character ids")
+        if not isinstance(ids, list) or not ids or len(ids) > MAX_IDS:
+            raise PayloadInvalid(f"ids must be a list of 1 to {MAX_IDS} character ids", "ids")
+        for index, marvel_id in enumerate(ids):
+            if (
+                not isinstance(marvel_id, int)
+                or isinstance(marvel_id, bool)
+                or not 1 <= marvel_id <= MAX_CHARACTER_ID
+            ):
+                raise PayloadInvalid(
+                    f"ids[{index}] must be a Marvel character id, 1 to {MAX_CHARACTER_ID}",
+                    f"ids[{index}]",
+                )
         occurred = data.get("occurred_at")
         if occurred is not None and not isinstance(occurred, str):
-            raise PayloadInvalid("occurred_at must be a date-time string")
+            raise PayloadInvalid("occurred_at must be a date-time string", "occurred_at")
         return cls(
             type=kind,
             ids=tuple(dict.fromkeys(ids)),
@@ -116,14 +129,17 @@ class WebhookPayload:
 
 
 def _parse_time(text: str) -> datetime:
-    """RFC 3339 / ISO 8601 (``Z`` allowed) or Marvel's ``2014-04-29T14:18:17-0400``."""
-    parsed = parse_marvel_time(text)
-    if parsed is not None:
-        return parsed
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise PayloadInvalid("occurred_at is not a date-time") from None
+    """RFC 3339 / ISO 8601 (``Z`` allowed) or Marvel's ``2014-04-29T14:18:17-0400``, in
+    UTC; PayloadInvalid for a time with no UTC equivalent (``9999-12-31T23:59:59-14:00``)."""
+    value = parse_marvel_time(text)
+    if value is None:
+        try:
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise PayloadInvalid("occurred_at is not a date-time", "occurred_at") from None
     if value.tzinfo is None:
-        raise PayloadInvalid("occurred_at needs an offset, e.g. Z")
-    return value
+        raise PayloadInvalid("occurred_at needs an offset, e.g. Z", "occurred_at")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise PayloadInvalid("occurred_at is out of range", "occurred_at") from None

@@ -54,6 +54,8 @@ from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 
 from marveld import correlation
+from marveld.domain.errors import Unauthenticated
+from marveld.services.security import check_token_size
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,6 @@ MAX_DECODED_HEADER_BYTES = 2 << 20
 """What one header block may decode to (HPACK can expand); past it the connection is
 closed. Between ``max_header_list_size`` and this, the call is refused and the connection
 lives on: a peer's 1 MB token gets UNAUTHENTICATED, not a dropped connection."""
-MAX_TOKEN_BYTES = 8192
-"""The largest bearer token accepted (``authorization`` header value); ours are ~300 bytes."""
 STREAM_WINDOW_BYTES = 65_535  # HTTP/2's initial window: no change for the peer to race
 CONNECTION_WINDOW_BYTES = 1 << 20
 """Request bytes a peer may have in flight unread, per stream and per connection. Requests
@@ -456,14 +456,11 @@ def _check_headers(
     if ":path" not in found or ":method" not in found:
         return ErrorCodes.PROTOCOL_ERROR
     if size > limit:
-        token = found.get("authorization", "")
-        if len(token) > MAX_TOKEN_BYTES:
-            return (
-                200,
-                Status.UNAUTHENTICATED,
-                f"the bearer token is {len(token)} bytes; at most {MAX_TOKEN_BYTES} are accepted",
-                [],
-            )
+        token = found.get("authorization", "").removeprefix("Bearer ")
+        try:
+            check_token_size(token)  # the same refusal as a token under the header limit
+        except Unauthenticated as exc:
+            return (200, Status.UNAUTHENTICATED, str(exc), [])
         return (
             200,
             Status.RESOURCE_EXHAUSTED,

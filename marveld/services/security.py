@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import jwt
 from argon2 import PasswordHasher as _Argon2
@@ -24,7 +25,14 @@ ALGORITHM = "HS256"  # the only one accepted: never "none", never an asymmetric 
 AUDIENCE = "marveld"
 TOKEN_TYPE = "at+jwt"  # RFC 9068's explicit type: no other JWT signed with our key passes
 LEEWAY_SECONDS = 10
-MAX_TOKEN_CHARS = 4096  # ours are ~300; anything much longer is not worth parsing
+# Ours are ~300 bytes. A longer token is refused by its size alone, before any parsing,
+# with a message that says so, on both ports (UNAUTHENTICATED, 401).
+MAX_TOKEN_BYTES = 8192
+# The times a token may carry (iat, nbf, exp): 1970 to the start of year 9999, so that every
+# one, leeway added, is a datetime (exp = 2**70 was an OverflowError, a 500).
+MAX_CLAIM_SECONDS = 253_370_764_800  # 9999-01-01T00:00:00Z
+TIME_CLAIMS = ("iat", "nbf", "exp")
+MAX_SUBJECT_CHARS = 64  # a user id is a UUID
 _NOT_VALID = "access token is not valid"
 
 
@@ -124,8 +132,13 @@ class TokenIssuer:
         return AccessToken(token=token, expires_at=expires.replace(microsecond=0), subject=subject)
 
     def verify(self, token: str, now: datetime) -> AccessToken:
-        """The checked token (subject: a user id); Unauthenticated when it does not check out."""
-        if len(token) > MAX_TOKEN_CHARS:
+        """The checked token (subject: a user id); Unauthenticated when it does not check out.
+
+        Its size is checked first (:data:`MAX_TOKEN_BYTES`); then, signature and standard
+        claims checked, that the times are numbers in range and the subject is a short
+        ASCII id, so that nothing a token carries can overflow or fail to encode later."""
+        check_token_size(token)
+        if not token.isascii():  # base64url and dots; anything else is not one of ours
             raise Unauthenticated(_NOT_VALID)
         try:
             header = jwt.get_unverified_header(token)
@@ -151,6 +164,7 @@ class TokenIssuer:
             raise Unauthenticated("access token expired; log in again") from None
         except jwt.InvalidTokenError:
             raise Unauthenticated(_NOT_VALID) from None
+        _check_claims(claims)
         # PyJWT checks exp against the wall clock; check against the clock we were given too.
         if claims["exp"] + LEEWAY_SECONDS < now.timestamp():
             raise Unauthenticated("access token expired; log in again")
@@ -159,6 +173,29 @@ class TokenIssuer:
             expires_at=datetime.fromtimestamp(claims["exp"] + LEEWAY_SECONDS, UTC),
             subject=str(claims["sub"]),
         )
+
+
+def check_token_size(token: str) -> None:
+    """Unauthenticated, saying the size and the limit, for a token over MAX_TOKEN_BYTES."""
+    size = len(token.encode("utf-8", "surrogatepass"))
+    if size > MAX_TOKEN_BYTES:
+        raise Unauthenticated(
+            f"the bearer token is {size} bytes; at most {MAX_TOKEN_BYTES} are accepted"
+        )
+
+
+def _check_claims(claims: dict[str, Any]) -> None:
+    """PyJWT takes any value ``int()`` takes as a time (``"123"``, ``2**70``, ``true``) and
+    any string as the subject; ours are numbers from 1970 to 9999 and a short ASCII id."""
+    for name in TIME_CLAIMS:
+        value = claims[name]
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise Unauthenticated(f"{_NOT_VALID}: {name} is not a number")
+        if not 0 <= value <= MAX_CLAIM_SECONDS:  # NaN fails this too
+            raise Unauthenticated(f"{_NOT_VALID}: {name} is out of range")
+    subject = claims["sub"]
+    if not isinstance(subject, str) or not subject.isascii() or len(subject) > MAX_SUBJECT_CHARS:
+        raise Unauthenticated(f"{_NOT_VALID}: sub is not a user id")
 
 
 def utc_now() -> datetime:

@@ -15,6 +15,7 @@ from datetime import datetime
 import trio
 
 from marveld.domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from marveld.domain.text import check_unicode
 from marveld.domain.users import User, check_name, check_password, normalize_email
 from marveld.services.passwords import load_common_passwords
 from marveld.services.ratelimit import LoginThrottle, RateLimits
@@ -73,8 +74,11 @@ class UserService:
 
     async def login(self, *, email: str, password: str, peer: str) -> AccessToken:
         """A bearer token; the same Unauthenticated for a wrong email or a wrong password
-        (and a soft-deleted account); ResourceExhausted after too many calls or failures."""
+        (and a soft-deleted account); ResourceExhausted after too many calls or failures;
+        InvalidArgument naming ``password`` when it holds a lone surrogate (it cannot be
+        hashed, so it cannot be anyone's password)."""
         self._limits.check_address(peer)
+        check_unicode(password, "password")  # argon2 hashes UTF-8, which cannot carry one
         try:
             clean_email = normalize_email(email)
         except InvalidArgument:

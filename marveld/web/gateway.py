@@ -15,7 +15,6 @@ that goes wrong is a problem (see problems.py): a bad body or parameter is a 400
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -28,7 +27,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from marveld.domain.errors import InvalidArgument, Unauthenticated
+from marveld.domain.json_body import JsonInvalid, parse_json
 from marveld.domain.queries import CharacterQuery, SearchQuery
+from marveld.domain.text import printable
 from marveld.domain.users import User
 from marveld.services.characters import CharacterService
 from marveld.services.users import UserService
@@ -196,7 +197,10 @@ def _integer(params: dict[str, str], name: str) -> int | None:
 
 
 async def _json_body(request: Request, fields: tuple[str, ...]) -> dict[str, str]:
-    """The body's string fields (absent ones empty, so the services say what is missing)."""
+    """The body's string fields (absent ones empty, so the services say what is missing).
+
+    Parsed by ``domain.json_body``: too deep a nesting, a duplicated member or a lone
+    surrogate is a 400 naming the member, never a RecursionError or an encoding error."""
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise Problem(
@@ -215,14 +219,14 @@ async def _json_body(request: Request, fields: tuple[str, ...]) -> dict[str, str
             if len(raw) > MAX_BODY_BYTES:
                 raise too_large
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Problem(400, f"the body is not valid JSON: {exc}") from None
+        data = parse_json(bytes(raw))
+    except JsonInvalid as exc:
+        raise Problem(400, str(exc), field=exc.field) from None
     if not isinstance(data, dict):
         raise Problem(400, "the body must be a JSON object")
     for name in data:
         if name not in fields:
-            raise InvalidArgument(name, f"unknown field (expected {', '.join(fields)})")
+            raise InvalidArgument(printable(name), f"unknown field (expected {', '.join(fields)})")
     body: dict[str, str] = {}
     for name in fields:
         value = data.get(name, "")

@@ -2,8 +2,10 @@
 
 202 once a genuine delivery is recorded (it is applied in the background), 200 for a
 delivery seen before, 401 for an unsigned, forged or stale one, 400 for a signed body that
-is not a change notification, 413 past 64 KiB, 503 without MARVELD_WEBHOOK_SECRET. Every
-refusal is a short ``application/problem+json`` body and changes nothing.
+is not a change notification (``field`` names the member at fault: ``ids[0]``,
+``occurred_at``; too deep a nesting and lone surrogates included), 413 past 64 KiB, 503
+without MARVELD_WEBHOOK_SECRET. Every refusal is a short ``application/problem+json`` body
+and changes nothing.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ PATH = "/v1/webhooks/marvel"
 PROBLEM = "application/problem+json"
 
 
-def problem(status: int, title: str, detail: str | None = None) -> Response:
+def problem(
+    status: int, title: str, detail: str | None = None, field: str | None = None
+) -> Response:
     body: dict[str, object] = {"title": title, "status": status}
     if detail:
         body["detail"] = detail
+    if field:
+        body["field"] = field
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
 
 
@@ -48,7 +54,7 @@ def webhook_route(service: WebhookService) -> Route:
         except SignatureRefused as exc:
             return problem(401, "invalid signature", str(exc))
         except PayloadInvalid as exc:
-            return problem(400, "invalid payload", str(exc))
+            return problem(400, "invalid payload", str(exc), exc.field)
         if receipt.duplicate:
             return JSONResponse({"status": "duplicate"}, status_code=200)
         return JSONResponse({"status": "accepted"}, status_code=202)
