@@ -38,6 +38,7 @@ from marveld.upstream import MarvelClient, RetryPolicy
 from marveld.web.app import build_app
 from marveld.web.gateway import gateway_routes
 from marveld.web.notifications import notifications_route
+from marveld.web.server import ConnectionLimits as HttpConnectionLimits
 from marveld.web.server import serve_asgi
 from marveld.web.webhooks import webhook_route
 
@@ -218,11 +219,19 @@ async def run(
             await nursery.start(characters.run)
             await nursery.start(notifications.run)
             grpc_port = await nursery.start(grpc.run)
+            h = settings.http
             http_port = await nursery.start(
-                partial(serve_asgi, websocket_ping_interval=n.heartbeat),
+                partial(
+                    serve_asgi,
+                    limits=HttpConnectionLimits(
+                        h.max_connections, h.handshake_timeout, h.idle_timeout
+                    ),
+                    request_limits=False,  # http_app applies them inside its access log
+                    websocket_ping_interval=n.heartbeat,
+                ),
                 http_app,
-                settings.http.listen.host,
-                settings.http.listen.port,
+                h.listen.host,
+                h.listen.port,
             )
             await nursery.start(webhooks.run)
             if settings.poller.enabled:

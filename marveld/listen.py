@@ -1,11 +1,17 @@
 """The listening sockets of the gRPC and HTTP ports, bound before their servers start so
-that a taken or unknown address is one clear error naming its setting."""
+that a taken or unknown address is one clear error naming its setting, and the cap on
+the connections a port holds open (:class:`ConnectionCap`)."""
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
+from collections.abc import Callable
 
 from marveld.domain.errors import CannotListen
+
+log = logging.getLogger(__name__)
 
 BACKLOG = 1024
 
@@ -30,3 +36,56 @@ def listen_tcp(host: str, port: int, setting: str) -> socket.socket:
         raise CannotListen(setting, host, port, exc) from exc
     sock.setblocking(False)
     return sock
+
+
+WARNING_INTERVAL_SECONDS = 60.0
+
+
+class ConnectionCap:
+    """The open connections of one port, at most ``limit`` at once.
+
+    Past the limit a new connection is refused (the caller closes it at once: with the
+    process's descriptors at stake, nothing is read from or written to it), and the
+    operator gets one WARNING naming ``setting`` at most every
+    :data:`WARNING_INTERVAL_SECONDS`, with how many were refused since the last one: a
+    flood of connections must not become a flood of log lines.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        limit: int,
+        setting: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.limit = limit
+        self.setting = setting
+        self.open = 0
+        self._clock = clock
+        self._refused = 0
+        self._warned_at: float | None = None
+
+    def admit(self) -> bool:
+        """True, counting it as open, when one more connection fits; else False."""
+        if self.open < self.limit:
+            self.open += 1
+            return True
+        self._refused += 1
+        now = self._clock()
+        if self._warned_at is None or now - self._warned_at >= WARNING_INTERVAL_SECONDS:
+            log.warning(
+                "%s: %d connections open, the most allowed (%s); refused %d new "
+                "connection(s) since the last warning",
+                self.name,
+                self.open,
+                self.setting,
+                self._refused,
+            )
+            self._warned_at, self._refused = now, 0
+        return False
+
+    def release(self) -> None:
+        """An admitted connection has closed."""
+        self.open -= 1

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from marveld.web.limits import MAX_BODY_BYTES, MAX_HEADER_BYTES, RequestLimits
-from marveld.web.server import KEEP_ALIVE_SECONDS, serve_asgi
+from marveld.web.server import ConnectionLimits, serve_asgi
 from tests.conftest import Running
 
 CHUNK = 64 * 1024
@@ -80,7 +80,10 @@ async def test_a_streamed_body_over_the_limit_is_413(nursery: trio.Nursery) -> N
         )
     assert "content-length" not in answer.request.headers  # chunked: no length announced
     assert answer.status_code == 413
-    assert answer.text == f"request body over {MAX_BODY_BYTES} bytes\n"
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.headers["connection"] == "close"  # the rest of the body is never read
+    assert answer.json()["detail"] == f"request body over {MAX_BODY_BYTES} bytes"
+    assert answer.json()["field"] == "body"
 
 
 async def test_an_announced_body_over_the_limit_is_413_before_it_is_sent(
@@ -151,13 +154,13 @@ def test_idle_connections_outlast_httpx_pools() -> None:
     # a connection in the instant the server closes it, and lose a POST to a ReadError.
     client_expiry = httpx.Limits().keepalive_expiry
     assert client_expiry is not None
-    assert client_expiry < KEEP_ALIVE_SECONDS
+    assert client_expiry < ConnectionLimits().idle_timeout
 
 
 async def test_an_idle_keep_alive_connection_closes_after_its_timeout(
     nursery: trio.Nursery,
 ) -> None:
-    port = await serve_echo(nursery, keep_alive_seconds=1.0)
+    port = await serve_echo(nursery, limits=ConnectionLimits(idle_timeout=1.0))
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         request = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"

@@ -54,7 +54,11 @@ class AccessLog:
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
-            if message["type"] in ("http.response.start", "websocket.accept"):
+            if message["type"] in (
+                "http.response.start",
+                "websocket.accept",
+                "websocket.http.response.start",
+            ):
                 status = message.get("status", 101)
                 extra = (correlation.RESPONSE_HEADER.encode(), correlation_id.encode())
                 message = {**message, "headers": [*message.get("headers", ()), extra]}

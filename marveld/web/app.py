@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from marveld.metrics import Metrics
 from marveld.web.access_log import AccessLog
+from marveld.web.limits import RequestLimits
 from marveld.web.problems import http_exception
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
@@ -55,6 +56,7 @@ def build_app(
             *routes,
             *gateway,
         ],
-        middleware=[Middleware(AccessLog)],  # correlation ids and one log line per request
+        # Correlation ids and one log line per request, the size limits' 413 and 431 too.
+        middleware=[Middleware(AccessLog), Middleware(RequestLimits)],
         exception_handlers={HTTPException: http_exception},  # 404, 405: problem+json
     )

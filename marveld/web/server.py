@@ -1,32 +1,71 @@
-"""Serve an ASGI app with hypercorn's trio worker; readiness reports the real bound port.
+"""Serve an ASGI app with hypercorn's HTTP/1.1 protocol on trio; readiness reports the real
+bound port.
 
-This is the one place that knows hypercorn.
+This is the one place that knows hypercorn. Its trio worker (``hypercorn.trio.serve``)
+accepts every connection and closes a silent or half-sent one only after its keep-alive
+timeout, and it has no connection cap and no hook to add one. So the accept loop is ours
+(``trio.serve_listeners``, which also rides out EMFILE) and each connection is a
+:class:`_Connection`, a small version of hypercorn's ``TCPServer`` that:
+
+- counts against ``max_connections`` (:class:`marveld.listen.ConnectionCap`): a connection
+  past it is closed at once, unread, and the operator gets one WARNING a minute;
+- gives a new connection ``handshake_timeout`` to send its first request's headers, and an
+  idle keep-alive one ``idle_timeout`` for its next; then closes it;
+- bounds each write by ``idle_timeout``: a peer that reads nothing cannot pin a connection;
+- speaks HTTP/1.1 only (:class:`_Http11`). hypercorn would switch to HTTP/2 for the
+  prior-knowledge preface or an ``Upgrade: h2c`` request, and its HTTP/2 has no budget
+  for reset streams (CVE-2023-44487 "rapid reset": every HEADERS frame spawns an app task,
+  however fast the peer cancels it). Nothing of ours speaks HTTP/2 to this port (gRPC has
+  its own), so the preface closes the connection and ``Upgrade: h2c`` is ignored: the
+  request is answered over HTTP/1.1, as RFC 9113 (which deprecates h2c upgrades) allows.
+
+The ASGI lifespan protocol is not run: neither of our apps has start-up or shutdown hooks
+(the composition root starts and stops everything).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from functools import partial
+import math
+from dataclasses import dataclass
 from typing import Any
 
+import h11
 import trio
+from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config
-from hypercorn.trio import serve
+from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol.h11 import H2ProtocolAssumedError, H11Protocol
+from hypercorn.trio.task_group import TaskGroup
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import parse_socket_addr
 
-from marveld.listen import listen_tcp
+from marveld.listen import ConnectionCap, listen_tcp
 from marveld.web.limits import MAX_HEADER_BYTES, RequestLimits
 
 log = logging.getLogger(__name__)
 
-GRACEFUL_SECONDS = 5.0
-# How long an idle keep-alive connection stays open. Longer than clients keep idle
-# connections in their pools (httpx 5 s, aiohttp 15 s): hypercorn's default, 5 s, equals
-# httpx's, so a client reusing a connection idle ~5 s raced the server's close and lost a
-# POST to a ReadError (seen in CI; reproduced 1 in 30 at 4.994 s idle). Not much longer:
-# hypercorn's trio worker holds the socket of a client that closed an idle connection
-# (CLOSE-WAIT) until this timeout, so it bounds what short-lived clients cost in fds.
-KEEP_ALIVE_SECONDS = 20.0
+MAX_RECV = 1 << 16
+# What a closed connection still reads and drops before it is closed (see _Connection._read).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1 << 20
 MAX_WEBSOCKET_MESSAGE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """The ``http.*`` connection settings (marveld/config.py documents each).
+
+    ``idle_timeout`` is longer than clients keep idle connections in their pools (httpx
+    5 s, aiohttp 15 s): were they equal, a client reusing a connection idle ~5 s raced the
+    server's close and lost a POST to a ReadError (seen in CI, 1 in 30 at 4.994 s idle).
+    """
+
+    max_connections: int = 1000
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 20.0
 
 
 async def serve_asgi(
@@ -35,33 +74,213 @@ async def serve_asgi(
     port: int,
     *,
     name: str = "http",
+    limits: ConnectionLimits = ConnectionLimits(),
+    request_limits: bool = True,
     websocket_ping_interval: float | None = None,
-    keep_alive_seconds: float = KEEP_ALIVE_SECONDS,
     setting: str = "http.listen",
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``host:port`` (port 0 picks a free one) until cancelled.
 
     ``task_status.started`` gets the bound port once the socket listens. Request headers,
-    bodies (:class:`RequestLimits`) and WebSocket messages have size limits.
+    bodies (:class:`RequestLimits`, unless ``request_limits`` is false because ``app``
+    applies them itself, inside its access log) and WebSocket messages have size limits.
     """
+    config = _config(name, websocket_ping_interval)
+    # starlette's ASGI types, not hypercorn's: both fit
+    asgi: Any = RequestLimits(app) if request_limits else app
+    served = ASGIWrapper(asgi)
+    context = WorkerContext(None)
+    cap = ConnectionCap(name, limits.max_connections, f"{name}.max_connections")
+    # Bound here, not by hypercorn: a taken port is then CannotListen naming ``setting``.
+    sock = listen_tcp(host, port, setting)
+    try:
+        bound: int = sock.getsockname()[1]
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    except BaseException:
+        sock.close()
+        raise
+
+    async def handle(stream: trio.SocketStream) -> None:
+        if not cap.admit():
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            await _Connection(served, config, context, limits, stream).run()
+        finally:
+            cap.release()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handle, [listener])
+        log.info("%s listening on %s:%d", name, host, bound)
+        task_status.started(bound)
+
+
+def _config(name: str, websocket_ping_interval: float | None) -> Config:
     config = Config()
-    # Bound here, not by hypercorn: a taken port is then CannotListen naming ``setting``
-    # (and hypercorn would leave its socket unclosed). hypercorn owns it from here on.
-    config.bind = [f"fd://{listen_tcp(host, port, setting).detach()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger(f"marveld.{name}")
-    config.graceful_timeout = GRACEFUL_SECONDS
-    config.keep_alive_timeout = keep_alive_seconds
     # Room for the request line and framing around the headers RequestLimits counts.
     config.h11_max_incomplete_size = 2 * MAX_HEADER_BYTES
-    config.h2_max_header_list_size = 2 * MAX_HEADER_BYTES
     config.websocket_max_message_size = MAX_WEBSOCKET_MESSAGE_BYTES
     # Pings keep idle WebSockets alive through proxies and find dead peers.
     config.websocket_ping_interval = websocket_ping_interval
-    async with trio.open_nursery() as nursery:
-        limited: Any = RequestLimits(app)  # starlette's ASGI types, not hypercorn's: both fit
-        binds: list[str] = await nursery.start(partial(serve, limited, config))
-        bound = int(binds[0].rsplit(":", 1)[1])
-        log.info("%s listening on %s:%d", name, host, bound)
-        task_status.started(bound)
+    return config
+
+
+class _Http11(H11Protocol):
+    """hypercorn's HTTP/1.1 protocol without its switches to HTTP/2 (see the module), and
+    deaf to bytes pipelined past a request the connection closes after."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.connection = _ClosingH11(
+            h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size
+        )
+
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, RawData) and self.connection.their_state is h11.MUST_CLOSE:
+            return  # never read: the connection closes once the answer is out
+        await super().handle(event)
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        if event.method == b"PRI" and event.target == b"*" and event.http_version == b"2.0":
+            raise H2ProtocolAssumedError(b"")  # the connection closes
+
+
+class _ClosingH11(h11.Connection):
+    """h11 calls bytes after a request whose answer said ``Connection: close`` a protocol
+    error, and hypercorn then closes the connection at once, cutting off the answer still
+    being sent (a 413 lost its body when the client had pipelined a next request). Here
+    they are left unread, and the answer goes out whole before the connection closes."""
+
+    def next_event(self) -> Any:
+        if self.their_state is h11.MUST_CLOSE:
+            return h11.NEED_DATA
+        return super().next_event()
+
+
+class _Connection:
+    """One accepted connection: hypercorn's HTTP/1.1 protocol between the socket and the
+    app, with the handshake and idle timeouts of :class:`ConnectionLimits`.
+
+    hypercorn tells its I/O side when a request's headers have arrived
+    (``Updated(idle=False)``) and when the connection waits for the next
+    (``Updated(idle=True)``); the timer follows: the handshake timeout until the first
+    request, none while one is served (a WebSocket has its pings), the idle timeout between.
+    """
+
+    def __init__(
+        self,
+        app: ASGIWrapper,
+        config: Config,
+        context: WorkerContext,
+        limits: ConnectionLimits,
+        stream: trio.SocketStream,
+    ) -> None:
+        self._app = app
+        self._config = config
+        self._context = context
+        self._limits = limits
+        self._stream = stream
+        self._send_lock = trio.Lock()
+        self._timer = trio.CancelScope(deadline=trio.current_time() + limits.handshake_timeout)
+        self._reader = trio.CancelScope()
+        self._protocol: H11Protocol
+        self._lingering = False
+        self._read_done = False
+
+    async def run(self) -> None:
+        try:
+            family = self._stream.socket.family
+            client = parse_socket_addr(family, self._stream.socket.getpeername())
+            server = parse_socket_addr(family, self._stream.socket.getsockname())
+            async with TaskGroup() as task_group:
+                self._protocol = _Http11(
+                    self._app,
+                    self._config,
+                    self._context,
+                    task_group,
+                    ConnectionState({}),
+                    False,
+                    client,
+                    server,
+                    self._protocol_send,
+                )
+                await self._protocol.initiate()
+                task_group.spawn(self._expire)
+                await self._read()
+        except OSError:  # the peer went away (getpeername on a reset socket, say)
+            pass
+        finally:
+            await self._send_eof()
+            await self._stream.aclose()
+
+    async def _read(self) -> None:
+        """Feed the peer's bytes to the protocol; once our side is closed, read and drop
+        them for a moment (:data:`LINGER_SECONDS`, :data:`LINGER_BYTES`) before closing:
+        closing a socket with unread bytes sends a reset, and a reset can reach the peer
+        before it has read our answer, a 413 for instance, which it then never sees."""
+        lingered = 0
+        with self._reader:
+            while lingered <= LINGER_BYTES:
+                try:
+                    data = await self._stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
+                if not data:
+                    break
+                if self._lingering:
+                    lingered += len(data)
+                    continue
+                try:
+                    await self._protocol.handle(RawData(bytes(data)))
+                except H2ProtocolAssumedError:
+                    break
+        await self._protocol.handle(Closed())
+        self._read_done = True
+        self._timer.cancel()  # nothing left to time out: let the task group end
+
+    async def _expire(self) -> None:
+        """Close the connection when the timer runs out."""
+        with self._timer:
+            await trio.sleep_forever()
+        if not self._read_done:
+            with trio.CancelScope(shield=True):
+                await self._protocol.handle(Closed())
+                await self._stream.aclose()
+
+    async def _protocol_send(self, event: Event) -> None:
+        if isinstance(event, RawData):
+            async with self._send_lock:
+                sent = await self._write(event.data)
+            if not sent:
+                self._reader.cancel()
+                await trio.aclose_forcefully(self._stream)
+                await self._protocol.handle(Closed())
+        elif isinstance(event, Closed):  # the protocol is done with the connection
+            await self._send_eof()
+            self._lingering = True
+            self._reader.deadline = min(self._reader.deadline, trio.current_time() + LINGER_SECONDS)
+            await self._protocol.handle(Closed())
+        elif isinstance(event, Updated):
+            idle = self._limits.idle_timeout
+            self._timer.deadline = trio.current_time() + idle if event.idle else math.inf
+
+    async def _write(self, data: bytes) -> bool:
+        """Shielded, as hypercorn does (a write cut short would corrupt the stream), and
+        bounded: a peer that reads nothing for idle_timeout is dropped. False when the
+        bytes could not be sent."""
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self._limits.idle_timeout
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+        return not scope.cancelled_caught
+
+    async def _send_eof(self) -> None:
+        # After the write under way, if any: an answer goes out whole before the EOF.
+        async with self._send_lock:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await self._stream.send_eof()  # unless the peer is gone already
