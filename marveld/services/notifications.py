@@ -38,6 +38,7 @@ SENT_FLUSH_SECONDS: Final = 1.0
 REPLAY_PAGE: Final = 500
 LIST_DEFAULT: Final = 100
 LIST_MAX: Final = 1000
+MAX_CURSOR: Final = 2**63 - 1  # cursors are int64 on the wire and in SQLite
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,7 @@ class ListResult:
 
 class Session:
     """One live stream of one user. Drive it with :meth:`replay` until it says it is
-    caught up, then take live items with :meth:`next_nowait` (or :meth:`next`)."""
+    caught up, then take live items with :meth:`next_nowait`, woken by :meth:`wake_with`."""
 
     def __init__(
         self,
@@ -125,14 +126,6 @@ class Session:
         """The next live item without waiting (synchronous: asyncio code may call it)."""
         assert self.sub is not None
         while (note := self.sub.next_nowait()) is not None:
-            if self.take(note) is not None:
-                return note
-        return None
-
-    async def next(self) -> Notification | None:
-        """Wait (trio) for the next live item; None once closed."""
-        assert self.sub is not None
-        while (note := await self.sub.next()) is not None:
             if self.take(note) is not None:
                 return note
         return None
@@ -269,8 +262,8 @@ class NotificationService:
     # --- what the faces call ----------------------------------------------------------------------
 
     async def _check_cursor(self, after: int) -> None:
-        if after < 0:
-            raise InvalidArgument("after_cursor", "must be 0 or more")
+        if not 0 <= after <= MAX_CURSOR:
+            raise InvalidArgument("after_cursor", f"must be an integer from 0 to {MAX_CURSOR}")
         _, floor = await self.store.notifications.positions()
         if 0 < after < floor:
             raise CursorExpired(after, floor)
