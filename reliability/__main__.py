@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-SUITES = ("faults", "crash", "concurrency", "soak")
+SUITES = ("faults", "crash", "concurrency", "soak", "hostile")
 SHORT = {name: ["--short"] for name in SUITES}
 
 
