@@ -216,9 +216,10 @@ SETTINGS: tuple[Setting, ...] = (
             "is sent an HTTP/2 PING."),
     Setting("grpc", "keepalive_timeout", "duration", "20s",
             "A peer that does not answer a PING within this time is closed, with its calls."),
-    Setting("grpc", "max_concurrent_streams", "int", 100,
-            "Calls open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS); a call "
-            "past it is refused (REFUSED_STREAM).", bounds=(1, 10_000)),
+    Setting("grpc", "max_concurrent_streams", "int", 1000,
+            "Calls open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS), long "
+            "Subscribe streams included; a call past it is refused (REFUSED_STREAM).",
+            bounds=(1, 100_000)),
     Setting("grpc", "max_header_list_size", "int", 16384,
             "Bytes of one call's request headers (SETTINGS_MAX_HEADER_LIST_SIZE); a call "
             "over it is RESOURCE_EXHAUSTED (UNAUTHENTICATED for an oversized token), and the "

@@ -88,7 +88,7 @@ class ConnectionLimits:
     idle_timeout: float = 300.0
     keepalive_time: float = 30.0
     keepalive_timeout: float = 20.0
-    max_concurrent_streams: int = 100
+    max_concurrent_streams: int = 1000
     max_header_list_size: int = 16384
     max_resets: int = 200
 
