@@ -56,6 +56,7 @@ from h2.settings import SettingCodes, Settings
 
 from marveld import correlation
 from marveld.domain.errors import Unauthenticated
+from marveld.listen import ConnectionCap
 from marveld.services.security import check_token_size
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,6 @@ are a few hundred bytes; grpclib's 4 MiB default let 1,000 connections pin 4 GiB
 MAX_WRITE_BUFFER_BYTES = 16 << 20
 """Bytes queued for a peer that does not read them (PING and SETTINGS acknowledgements are
 written whatever the peer reads); past it the connection is closed."""
-WARNING_INTERVAL_SECONDS = 60.0
 
 _TIMEOUT = re.compile(r"[0-9]{1,8}[HMSmun]")  # the gRPC spec: at most 8 digits and a unit
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -95,32 +95,6 @@ class ConnectionLimits:
 
 Refused = Callable[[str, Status], None]
 """Called with the :path and status of a call answered here, before grpclib saw it."""
-
-
-class _Tally:
-    """Open connections of one server, and the rate-limited WARNING when they are too many."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.open = 0
-        self._refused = 0
-        self._warned_at: float | None = None
-
-    def admit(self) -> bool:
-        if self.open < self.limit:
-            self.open += 1
-            return True
-        self._refused += 1
-        now = time.monotonic()
-        if self._warned_at is None or now - self._warned_at >= WARNING_INTERVAL_SECONDS:
-            log.warning(
-                "grpc: %d connections open, the most allowed (grpc.max_connections); refused "
-                "%d new connection(s) since the last warning",
-                self.open,
-                self._refused,
-            )
-            self._warned_at, self._refused = now, 0
-        return False
 
 
 class _ResetBudget:
@@ -156,7 +130,7 @@ class GuardedServer(grpclib.server.Server):
         super().__init__(handlers, **options)
         self._limits = limits
         self._on_refused = on_refused
-        self._tally = _Tally(limits.max_connections)
+        self._tally = ConnectionCap("grpc", limits.max_connections, "grpc.max_connections")
 
     @property
     def open_connections(self) -> int:
@@ -214,7 +188,7 @@ class _GuardedProtocol(H2Protocol):
         h2_config: Any,
         *,
         limits: ConnectionLimits,
-        tally: _Tally,
+        tally: ConnectionCap,
         known: frozenset[str],
         on_refused: Refused,
     ) -> None:
@@ -274,7 +248,7 @@ class _GuardedProtocol(H2Protocol):
         if not self._admitted:
             return
         self._admitted = False
-        self._tally.open -= 1
+        self._tally.release()
         self._closed = True
         super().connection_lost(exc)
         # No cycle through the handler: until the garbage collector's oldest generation
