@@ -55,8 +55,10 @@ from grpclib.const import Cardinality
 from trio_websocket import open_websocket_url
 
 from bench.harness import SUBSCRIBERS, gauges, login, percentile, processes, rss_kib
+from marveld.malloc import TRIM_INTERVAL_SECONDS
 from marveld.proto.marvel import v1 as pb
 from marveld.storage import Store
+from tests.ws_raw import answer_pings
 
 RESULTS = Path(__file__).parent / "results"
 STREAMS_PER_CHANNEL = 100
@@ -64,7 +66,7 @@ SPIDER_MAN = 1009610
 WAIT_SECONDS = 60.0
 WS_SUBSCRIBERS = 'marveld_notification_subscribers{channel="websocket"}'
 WS_PATH = "/v1/notifications/ws"
-WS_HEARTBEAT_SECONDS = 5.0  # hypercorn pings as often; a closed socket's ping task ends then
+WS_HEARTBEAT_SECONDS = 5.0  # hypercorn pings as often; the clients answer
 
 
 def wait_for(condition: Any, what: str, seconds: float = WAIT_SECONDS) -> None:
@@ -154,7 +156,10 @@ def synced_daemon(procs: Any, user: str) -> Synced:
     """A simulator and a daemon (slow heartbeats) after its first full sync, whose bulk
     import notifies nobody; its database file, an admin's token and a new user's."""
     sim = procs.sim()
-    daemon = procs.daemon(sim, MARVELD_NOTIFICATIONS_HEARTBEAT="600s")
+    # Room for fan_out_1's connections, one a subscriber, past the default cap of 1,000.
+    daemon = procs.daemon(
+        sim, MARVELD_NOTIFICATIONS_HEARTBEAT="600s", MARVELD_GRPC_MAX_CONNECTIONS="20000"
+    )
     procs.wait_ready()
     db = procs.tmp / "daemon.db"
     admin = grpc_call(daemon.grpc_port, lambda ch: login(ch, "Admin"))
@@ -267,7 +272,9 @@ def websocket_worker(port: int, token: str, clean: int, raw: int, conn: Connecti
         raws: list[trio.SocketStream] = []
 
         async def one(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            async with open_websocket_url(url, extra_headers=headers):
+            # Room for the run's heartbeats: trio-websocket answers pings only while its
+            # queue has room, and the daemon closes a peer that leaves pings unanswered.
+            async with open_websocket_url(url, extra_headers=headers, message_queue_size=64):
                 task_status.started()
                 await leave.wait()  # then a close frame, answered
 
@@ -276,6 +283,7 @@ def websocket_worker(port: int, token: str, clean: int, raw: int, conn: Connecti
                 await nursery.start(one)
             for _ in range(raw):
                 raws.append(await raw_upgrade(port, token))
+                nursery.start_soon(answer_pings, raws[-1])
             conn.send("open")
             await trio.to_thread.run_sync(conn.recv)
             leave.set()
@@ -335,8 +343,8 @@ def websocket_idle(subscribers: int, workers: int) -> dict[str, Any]:
                 if not parent.poll(WAIT_SECONDS) or parent.recv() != "closed":
                     raise RuntimeError("a client process did not close its sockets")
             wait_for(lambda: gauges(daemon, WS_SUBSCRIBERS)[0] == 0, "no websocket subscriber")
-            # hypercorn ends a connection once its ping task wakes (one interval at most).
-            time.sleep(2 * WS_HEARTBEAT_SECONDS)
+            # The daemon trims its heap at most TRIM_INTERVAL_SECONDS after a flood closes.
+            time.sleep(TRIM_INTERVAL_SECONDS + 1)
             rss_after = rss_kib(daemon.pid)
             gauge_after = gauges(daemon, WS_SUBSCRIBERS)[0]
         finally:

@@ -288,7 +288,8 @@ SETTINGS: tuple[Setting, ...] = (
             "disconnected with its resume cursor.", bounds=(1, 100_000)),
     Setting("notifications", "heartbeat", "duration", "15s",
             "Time without notifications after which a live stream gets a heartbeat carrying "
-            "its cursor (WebSocket pings as often)."),
+            "its cursor. WebSockets are pinged as often; one whose peer sends nothing for "
+            "two heartbeats is closed."),
     Setting("notifications", "retention", "duration", "7d",
             "How long notifications are kept; resuming from an older cursor is "
             "FAILED_PRECONDITION."),

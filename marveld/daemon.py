@@ -19,6 +19,7 @@ from marveld.grpc.connections import ConnectionLimits
 from marveld.grpc.handlers import auth_service, character_service, user_service
 from marveld.grpc.notifications import notification_service
 from marveld.grpc.server import GrpcFace
+from marveld.malloc import HeapReturn
 from marveld.metrics import Metrics
 from marveld.services.catalog import LocalCatalog
 from marveld.services.characters import CharacterService
@@ -37,7 +38,8 @@ from marveld.systemd import Notifier
 from marveld.upstream import MarvelClient, RetryPolicy
 from marveld.web.app import build_app
 from marveld.web.gateway import gateway_routes
-from marveld.web.notifications import notifications_route
+from marveld.web.notifications import PATH as NOTIFICATIONS_PATH
+from marveld.web.notifications import notifications_app
 from marveld.web.server import ConnectionLimits as HttpConnectionLimits
 from marveld.web.server import serve_asgi
 from marveld.web.webhooks import webhook_route
@@ -79,6 +81,7 @@ async def run(
         on_change=metrics.upstream_budget_remaining.set,
     )
     g = settings.grpc
+    heap = HeapReturn()  # the ports count closed connections; after a flood, it trims
     grpc = GrpcFace(
         g.listen.host,
         g.listen.port,
@@ -93,6 +96,7 @@ async def run(
             max_header_list_size=g.max_header_list_size,
             max_resets=g.max_resets,
         ),
+        on_close=heap.closed,
     )
 
     def breaker_changed(serving: bool) -> None:
@@ -210,8 +214,9 @@ async def run(
         http_app = build_app(
             metrics,
             readiness.check,
-            routes=[webhook_route(webhooks), notifications_route(notifications)],
+            routes=[webhook_route(webhooks)],
             gateway=gateway_routes(users, characters),
+            websockets={NOTIFICATIONS_PATH: notifications_app(notifications)},
             informational={"first_sync"},
         )
         async with trio.open_nursery() as nursery:
@@ -228,12 +233,14 @@ async def run(
                     ),
                     request_limits=False,  # http_app applies them inside its access log
                     websocket_ping_interval=n.heartbeat,
+                    on_close=heap.closed,
                 ),
                 http_app,
                 h.listen.host,
                 h.listen.port,
             )
             await nursery.start(webhooks.run)
+            await nursery.start(heap.run)
             if settings.poller.enabled:
                 poller = Poller(sync, clock, interval=settings.poller.interval)
                 await nursery.start(poller.run)

@@ -13,7 +13,7 @@ from marveld.domain.errors import CannotListen
 
 log = logging.getLogger(__name__)
 
-BACKLOG = 1024
+BACKLOG = 4096
 
 
 def listen_tcp(host: str, port: int, setting: str) -> socket.socket:
@@ -48,7 +48,8 @@ class ConnectionCap:
     process's descriptors at stake, nothing is read from or written to it), and the
     operator gets one WARNING naming ``setting`` at most every
     :data:`WARNING_INTERVAL_SECONDS`, with how many were refused since the last one: a
-    flood of connections must not become a flood of log lines.
+    flood of connections must not become a flood of log lines. ``on_release`` is told of
+    each admitted connection that closes (:class:`marveld.malloc.HeapReturn` counts them).
     """
 
     def __init__(
@@ -58,12 +59,14 @@ class ConnectionCap:
         setting: str,
         *,
         clock: Callable[[], float] = time.monotonic,
+        on_release: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.limit = limit
         self.setting = setting
         self.open = 0
         self._clock = clock
+        self._on_release = on_release
         self._refused = 0
         self._warned_at: float | None = None
 
@@ -89,3 +92,5 @@ class ConnectionCap:
     def release(self) -> None:
         """An admitted connection has closed."""
         self.open -= 1
+        if self._on_release is not None:
+            self._on_release()

@@ -1042,8 +1042,14 @@ def settings_of(plan: Plan, attack: str) -> dict[str, str]:
     if attack == "half-open":
         cap = str(plan.max_connections)
         return {"MARVELD_GRPC_MAX_CONNECTIONS": cap, "MARVELD_HTTP_MAX_CONNECTIONS": cap}
-    if attack == "ws-churn":  # two rounds' sockets (abandoned ones linger) fit under the cap
-        return {"MARVELD_HTTP_MAX_CONNECTIONS": str(2 * plan.subscribers + 200)}
+    if attack == "ws-churn":
+        return {
+            # two rounds' sockets (abandoned ones linger) fit under the cap
+            "MARVELD_HTTP_MAX_CONNECTIONS": str(2 * plan.subscribers + 200),
+            # The churn's raw sockets never answer a ping, and the daemon closes such a
+            # peer after two heartbeats (tests/test_ws_teardown.py): none during a round.
+            "MARVELD_NOTIFICATIONS_HEARTBEAT": "10m",
+        }
     return {}
 
 

@@ -125,12 +125,15 @@ class GuardedServer(grpclib.server.Server):
         *,
         limits: ConnectionLimits,
         on_refused: Refused,
+        on_close: Callable[[], None] | None = None,
         **options: Any,
     ) -> None:
         super().__init__(handlers, **options)
         self._limits = limits
         self._on_refused = on_refused
-        self._tally = ConnectionCap("grpc", limits.max_connections, "grpc.max_connections")
+        self._tally = ConnectionCap(
+            "grpc", limits.max_connections, "grpc.max_connections", on_release=on_close
+        )
 
     @property
     def open_connections(self) -> int:

@@ -29,7 +29,7 @@ from marveld import correlation
 from marveld.grpc import wire
 from marveld.grpc.bridge import PassthroughCodec, Service
 from marveld.grpc.connections import ConnectionLimits, GuardedServer
-from marveld.listen import listen_tcp
+from marveld.listen import BACKLOG, listen_tcp
 from marveld.metrics import Metrics
 from marveld.proto.google_proto_descriptor_pool import default_google_proto_descriptor_pool
 
@@ -68,9 +68,16 @@ class GrpcFace:
     """
 
     def __init__(
-        self, host: str, port: int, metrics: Metrics, limits: ConnectionLimits | None = None
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        limits: ConnectionLimits | None = None,
+        *,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self._host = host
+        self._on_close = on_close
         self._port = port
         self._metrics = metrics
         self._limits = limits or ConnectionLimits()
@@ -119,6 +126,7 @@ class GrpcFace:
             ],
             limits=limits,
             on_refused=self._refused,
+            on_close=self._on_close,
             codec=PassthroughCodec(),
             config=Configuration(
                 _keepalive_time=limits.keepalive_time, _keepalive_timeout=limits.keepalive_timeout
@@ -135,7 +143,10 @@ class GrpcFace:
         port = int(sock.getsockname()[1])
         async with trio_asyncio.open_loop():
             server = self._server()
-            await trio_asyncio.aio_as_trio(server.start)(sock=sock)
+            # asyncio listens on the socket again, with a backlog of 100 unless told: a
+            # burst of connections (clients reconnecting at once) then overflowed the
+            # kernel's accept queue and 1 in 3 of 1,500 was reset (failed SYN cookies).
+            await trio_asyncio.aio_as_trio(server.start)(sock=sock, backlog=BACKLOG)
             log.info("grpc listening on %s:%d", self._host, port)
             try:
                 task_status.started(port)

@@ -29,8 +29,9 @@ class AccessLog:
             await self._app(scope, receive, send)
             return
         headers: dict[bytes, bytes] = dict(scope.get("headers") or ())
-        sent = (headers.get(name.encode()) for name in correlation.REQUEST_HEADERS)
-        correlation_id = correlation.choose(_text(value) for value in sent)
+        correlation_id = correlation.choose(
+            _text(headers.get(name.encode())) for name in correlation.REQUEST_HEADERS
+        )
         token = correlation.CORRELATION_ID.set(correlation_id)
         # What the client gets if the app fails before it answers; a WebSocket closed
         # before it was accepted is refused with 403 (the ASGI spec).

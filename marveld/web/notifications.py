@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import trio
-from starlette.routing import WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from marveld.domain.characters import Character
@@ -183,7 +183,12 @@ def _nothing() -> None:
     return None
 
 
-def notifications_route(service: NotificationService) -> WebSocketRoute:
+def notifications_app(service: NotificationService) -> ASGIApp:
+    """The ASGI app of :data:`PATH` (web/app.py routes WebSockets to it by path)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await endpoint(WebSocket(scope, receive, send))
+
     async def endpoint(ws: WebSocket) -> None:
         try:
             token, after = _query(ws)
@@ -211,4 +216,4 @@ def notifications_route(service: NotificationService) -> WebSocketRoute:
         finally:
             session.close()
 
-    return WebSocketRoute(PATH, endpoint)
+    return app

@@ -12,6 +12,8 @@ timeout, and it has no connection cap and no hook to add one. So the accept loop
 - gives a new connection ``handshake_timeout`` to send its first request's headers, and an
   idle keep-alive one ``idle_timeout`` for its next; then closes it;
 - bounds each write by ``idle_timeout``: a peer that reads nothing cannot pin a connection;
+- pings an open WebSocket every ``websocket_ping_interval`` and closes it when its peer
+  has sent nothing for two intervals (hypercorn's pinger drops the pongs);
 - speaks HTTP/1.1 only (:class:`_Http11`). hypercorn would switch to HTTP/2 for the
   prior-knowledge preface or an ``Upgrade: h2c`` request, and its HTTP/2 has no budget
   for reset streams (CVE-2023-44487 "rapid reset": every HEADERS frame spawns an app task,
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +40,7 @@ from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.h11 import H2ProtocolAssumedError, H11Protocol
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
@@ -52,6 +56,7 @@ MAX_RECV = 1 << 16
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
 MAX_WEBSOCKET_MESSAGE_BYTES = 1 << 20
+PING_FRAME = b"\x89\x00"  # a server's ping: FIN, opcode 9, unmasked, no payload
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,7 @@ async def serve_asgi(
     request_limits: bool = True,
     websocket_ping_interval: float | None = None,
     setting: str = "http.listen",
+    on_close: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``host:port`` (port 0 picks a free one) until cancelled.
@@ -85,13 +91,16 @@ async def serve_asgi(
     ``task_status.started`` gets the bound port once the socket listens. Request headers,
     bodies (:class:`RequestLimits`, unless ``request_limits`` is false because ``app``
     applies them itself, inside its access log) and WebSocket messages have size limits.
+    ``on_close`` is called as each admitted connection closes.
     """
-    config = _config(name, websocket_ping_interval)
+    config = _config(name)
     # starlette's ASGI types, not hypercorn's: both fit
     asgi: Any = RequestLimits(app) if request_limits else app
     served = ASGIWrapper(asgi)
     context = WorkerContext(None)
-    cap = ConnectionCap(name, limits.max_connections, f"{name}.max_connections")
+    cap = ConnectionCap(
+        name, limits.max_connections, f"{name}.max_connections", on_release=on_close
+    )
     # Bound here, not by hypercorn: a taken port is then CannotListen naming ``setting``.
     sock = listen_tcp(host, port, setting)
     try:
@@ -106,7 +115,10 @@ async def serve_asgi(
             await trio.aclose_forcefully(stream)
             return
         try:
-            await _Connection(served, config, context, limits, stream).run()
+            connection = _Connection(
+                served, config, context, limits, websocket_ping_interval, stream
+            )
+            await connection.run()
         finally:
             cap.release()
 
@@ -116,15 +128,14 @@ async def serve_asgi(
         task_status.started(bound)
 
 
-def _config(name: str, websocket_ping_interval: float | None) -> Config:
+def _config(name: str) -> Config:
     config = Config()
     config.accesslog = None
     config.errorlog = logging.getLogger(f"marveld.{name}")
     # Room for the request line and framing around the headers RequestLimits counts.
     config.h11_max_incomplete_size = 2 * MAX_HEADER_BYTES
     config.websocket_max_message_size = MAX_WEBSOCKET_MESSAGE_BYTES
-    # Pings keep idle WebSockets alive through proxies and find dead peers.
-    config.websocket_ping_interval = websocket_ping_interval
+    config.websocket_ping_interval = None  # _Connection pings (see there)
     return config
 
 
@@ -162,12 +173,21 @@ class _ClosingH11(h11.Connection):
 
 class _Connection:
     """One accepted connection: hypercorn's HTTP/1.1 protocol between the socket and the
-    app, with the handshake and idle timeouts of :class:`ConnectionLimits`.
+    app, with the handshake and idle timeouts of :class:`ConnectionLimits` and, on a
+    WebSocket, pings.
 
     hypercorn tells its I/O side when a request's headers have arrived
     (``Updated(idle=False)``) and when the connection waits for the next
     (``Updated(idle=True)``); the timer follows: the handshake timeout until the first
-    request, none while one is served (a WebSocket has its pings), the idle timeout between.
+    request, none while one is served, the idle timeout between.
+
+    An open WebSocket is pinged every ``ping_interval`` (hypercorn's own pinger is off: it
+    is a task a connection, and it drops the pongs, so a dead peer was never noticed). A
+    live peer answers each ping; one that has sent nothing for two intervals when the next
+    ping is due is closed, and its subscriber ends.
+
+    The timers are the deadline of the one wait for the peer's bytes, so a connection costs
+    one task besides the app's (a WebSocket subscriber's memory is mostly tasks).
     """
 
     def __init__(
@@ -176,19 +196,24 @@ class _Connection:
         config: Config,
         context: WorkerContext,
         limits: ConnectionLimits,
+        ping_interval: float | None,
         stream: trio.SocketStream,
     ) -> None:
         self._app = app
         self._config = config
         self._context = context
         self._limits = limits
+        self._ping_interval = ping_interval
         self._stream = stream
         self._send_lock = trio.Lock()
-        self._timer = trio.CancelScope(deadline=trio.current_time() + limits.handshake_timeout)
+        now = trio.current_time()
+        self._timeout_at = now + limits.handshake_timeout  # inf while a request is served
+        self._ping_at = math.inf  # set once a WebSocket is open
+        self._heard_at = now  # the peer's last bytes
+        self._wait = trio.CancelScope()  # around the wait for the peer's bytes
         self._reader = trio.CancelScope()
         self._protocol: H11Protocol
         self._lingering = False
-        self._read_done = False
 
     async def run(self) -> None:
         try:
@@ -208,7 +233,6 @@ class _Connection:
                     self._protocol_send,
                 )
                 await self._protocol.initiate()
-                task_group.spawn(self._expire)
                 await self._read()
         except OSError:  # the peer went away (getpeername on a reset socket, say)
             pass
@@ -217,19 +241,27 @@ class _Connection:
             await self._stream.aclose()
 
     async def _read(self) -> None:
-        """Feed the peer's bytes to the protocol; once our side is closed, read and drop
-        them for a moment (:data:`LINGER_SECONDS`, :data:`LINGER_BYTES`) before closing:
-        closing a socket with unread bytes sends a reset, and a reset can reach the peer
-        before it has read our answer, a 413 for instance, which it then never sees."""
+        """Feed the peer's bytes to the protocol until the connection ends: the peer closes
+        it, a timer runs out, a WebSocket peer leaves pings unanswered. Once our side is
+        closed, read and drop the peer's bytes for a moment (:data:`LINGER_SECONDS`,
+        :data:`LINGER_BYTES`) before closing: closing a socket with unread bytes sends a
+        reset, and a reset can reach the peer before it has read our answer, a 413 for
+        instance, which it then never sees."""
         lingered = 0
         with self._reader:
             while lingered <= LINGER_BYTES:
-                try:
-                    data = await self._stream.receive_some(MAX_RECV)
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    break
+                with trio.CancelScope(deadline=self._deadline()) as self._wait:
+                    try:
+                        data = await self._stream.receive_some(MAX_RECV)
+                    except (trio.ClosedResourceError, trio.BrokenResourceError):
+                        break
+                if self._wait.cancelled_caught:
+                    if trio.current_time() >= self._timeout_at or not await self._ping():
+                        break
+                    continue
                 if not data:
                     break
+                self._heard_at = trio.current_time()
                 if self._lingering:
                     lingered += len(data)
                     continue
@@ -238,17 +270,41 @@ class _Connection:
                 except H2ProtocolAssumedError:
                     break
         await self._protocol.handle(Closed())
-        self._read_done = True
-        self._timer.cancel()  # nothing left to time out: let the task group end
+        # Nothing more can reach the peer: close now, not once the app has unwound.
+        await self._stream.aclose()
 
-    async def _expire(self) -> None:
-        """Close the connection when the timer runs out."""
-        with self._timer:
-            await trio.sleep_forever()
-        if not self._read_done:
-            with trio.CancelScope(shield=True):
-                await self._protocol.handle(Closed())
-                await self._stream.aclose()
+    def _deadline(self) -> float:
+        """When the wait for the peer's bytes ends: a timeout, or the next ping due (the
+        first an interval after the WebSocket opened)."""
+        if self._ping_at == math.inf and self._ping_interval is not None and self._websocket():
+            self._ping_at = trio.current_time() + self._ping_interval
+        return min(self._timeout_at, self._ping_at)
+
+    def _websocket(self) -> bool:
+        """True while the connection is an open WebSocket (accepted, not closing)."""
+        stream = self._protocol.stream
+        return (
+            isinstance(stream, WSStream)
+            and stream.state is ASGIWebsocketState.CONNECTED
+            and not stream.closed
+        )
+
+    async def _ping(self) -> bool:
+        """A ping is due: send it, unless the peer has sent nothing for two intervals
+        (then False: the connection is closed, with an INFO line)."""
+        if not self._websocket() or self._ping_interval is None:
+            self._ping_at = math.inf
+            return True
+        now = trio.current_time()
+        if now - self._heard_at > 2 * self._ping_interval:
+            log.info(
+                "closing a WebSocket whose peer sent nothing for %.1f s (pings unanswered)",
+                now - self._heard_at,
+            )
+            return False
+        self._ping_at = now + self._ping_interval
+        async with self._send_lock:  # checked under the lock: never after a close frame
+            return not self._websocket() or await self._write(PING_FRAME)
 
     async def _protocol_send(self, event: Event) -> None:
         if isinstance(event, RawData):
@@ -258,6 +314,7 @@ class _Connection:
                 self._reader.cancel()
                 await trio.aclose_forcefully(self._stream)
                 await self._protocol.handle(Closed())
+            self._wait.deadline = self._deadline()  # a 101 just sent starts the pings
         elif isinstance(event, Closed):  # the protocol is done with the connection
             await self._send_eof()
             self._lingering = True
@@ -265,7 +322,8 @@ class _Connection:
             await self._protocol.handle(Closed())
         elif isinstance(event, Updated):
             idle = self._limits.idle_timeout
-            self._timer.deadline = trio.current_time() + idle if event.idle else math.inf
+            self._timeout_at = trio.current_time() + idle if event.idle else math.inf
+            self._wait.deadline = self._deadline()
 
     async def _write(self, data: bytes) -> bool:
         """Shielded, as hypercorn does (a write cut short would corrupt the stream), and
