@@ -7,6 +7,8 @@ connection closed) and that the daemon keeps serving everyone else, with no ERRO
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from grpclib.const import Status
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
+from marveld.listen import BACKLOG
 from marveld.services.security import MAX_TOKEN_BYTES
 from marveld.sim import SimHandle
 from tests.calls import raw_call, status_of
@@ -331,3 +334,30 @@ async def test_ordinary_clients_are_unaffected(daemon: Running) -> None:
         assert reply.data == b"\x08\x01"  # status: SERVING
     error = await status_of(daemon, raw_call("/marvel.v1.Nothing/Here", b""))
     assert error.status is Status.UNIMPLEMENTED
+
+
+def somaxconn() -> int:
+    return int(Path("/proc/sys/net/core/somaxconn").read_text())
+
+
+def listen_backlog(port: int) -> int | None:
+    """The accept-queue length a listening socket on ``port`` was given (``ss``'s Send-Q
+    for a listener), or None where ``ss`` is missing."""
+    if shutil.which("ss") is None:
+        return None
+    out = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    return int(out.split()[2])
+
+
+async def test_both_ports_queue_a_burst_of_connections(daemon: Running) -> None:
+    """asyncio listens again on the socket it is given, with a backlog of 100 unless told:
+    1,500 clients connecting at once (after a restart, say) overflowed the kernel's queue
+    and one in three was reset. Both ports queue as many as the system allows."""
+    wanted = min(BACKLOG, somaxconn())
+    for port in (daemon.endpoints.grpc_port, daemon.endpoints.http_port):
+        backlog = listen_backlog(port)
+        if backlog is None:
+            pytest.skip("ss (iproute2) is not installed: the listen backlog cannot be read")
+        assert backlog == wanted, port
