@@ -43,7 +43,7 @@ proto-check: $(STAMP)  ## fail when marveld/proto is not what protos/ generates
 	diff -r -x __pycache__ $$tmp marveld/proto && echo "generated protobuf code is current"
 
 lock:  ## re-pin every dependency (needs uv on PATH)
-	uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	uv pip compile pyproject.toml --extra dev --extra postgres --generate-hashes --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --no-header -o requirements.lock
 	# pytest-cov asks for coverage[toml]; the pip that python3.11 -m venv brings (23.x) then
 	# wants that extra pinned too in --require-hashes mode, once a newer coverage is published.

@@ -4,7 +4,11 @@ no sleeps to wait for readiness, no mocks of marveld's own code."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import trio
 
@@ -19,6 +24,7 @@ from marveld import daemon
 from marveld.config import Settings, load_settings
 from marveld.services.security import PasswordHasher
 from marveld.sim import SimHandle, SimOptions, run_sim
+from tests import postgres
 from tests.aio import AioClient, grpc_client
 
 FIXTURES = Path(__file__).parent / "fixtures" / "marvel"
@@ -144,3 +150,41 @@ async def marveld(
     """A running daemon in front of the simulator (cache TTL 60 s), and a client."""
     async with running_daemon(nursery, sim, tmp_path, clock, MARVELD_CACHE_TTL="60s") as m:
         yield m
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URL of a PostgreSQL server for this session (tests/postgres.py): the one named
+    by MARVELD_TEST_POSTGRES_URL, else a throwaway cluster started here. Skips when there
+    is none to be had, with the reason; under CI (``CI`` set) fails instead."""
+    url = os.environ.get(postgres.URL_VARIABLE)
+    cluster = None
+    if not url:
+        try:
+            cluster = postgres.Cluster.start(Path(tempfile.mkdtemp(prefix="marveld-pg-")))
+        except postgres.Unavailable as exc:
+            if os.environ.get("CI"):
+                pytest.fail(f"PostgreSQL tests must run under CI: {exc}")
+            pytest.skip(f"PostgreSQL: {exc}")
+        url = cluster.url
+    try:
+        postgres.make_template(url)
+        yield url
+    finally:
+        if cluster is not None:
+            cluster.stop()
+            shutil.rmtree(cluster.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh database at the latest schema, cloned from the session's template, dropped
+    after the test."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {postgres.TEMPLATE}")
+    try:
+        yield postgres.with_database(postgres_server, name)
+    finally:
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -31,6 +31,8 @@ INTERNAL = {
 OWNERS = {
     "httpx": ("upstream",),
     "sqlite3": ("storage",),
+    "psycopg": ("storage/postgres",),
+    "psycopg_pool": ("storage/postgres",),
     # client.py is the example of the generated stubs from plain asyncio: it needs them.
     "grpclib": ("grpc", "client.py"),
     "trio_asyncio": ("grpc",),

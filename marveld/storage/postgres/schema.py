@@ -1,0 +1,245 @@
+"""The PostgreSQL schema, as an ordered list of migrations versioned in ``marveld_schema``.
+
+Migration *n* (1-based) takes a database from version *n - 1* to *n*; once released it
+never changes. Version 1 is the SQLite schema at its version 4 (``marveld/storage/
+schema.py``) written for PostgreSQL, table for table and column for column, with these
+translations:
+
+- times are ``timestamptz`` (SQLite: fixed-format ISO 8601 text);
+- the event log's ``seq`` is an identity column; appending takes the transaction-scoped
+  advisory lock :data:`EVENT_LOCK` first, so that sequence order is commit order (a
+  reader following by cursor never sees seq 11 committed while 10 is still in flight);
+- a user's e-mail is unique by ``lower(email)`` (SQLite: ``COLLATE NOCASE``);
+- FTS5 becomes a generated ``tsvector`` column ('simple' configuration) with a GIN index;
+- JSON arrays of ids that queries look into are ``bigint[]`` (SQLite: JSON text and
+  ``json_each``); JSON documents that are only stored and returned stay text, byte for byte;
+- keys compared byte by byte (cache keys, names folded for prefix search) are
+  ``COLLATE "C"``;
+- the append-only rule on events is a trigger, as in SQLite.
+
+Migrations run at start under the session advisory lock :data:`MIGRATION_LOCK`, so two
+replicas starting at once cannot race; each runs in one transaction with its version bump.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import psycopg
+
+from marveld.storage.errors import SchemaTooNew
+
+log = logging.getLogger(__name__)
+
+# Advisory lock keys (one 64-bit space per database): "mrvd" and two small numbers.
+MIGRATION_LOCK = 0x6D727664_0001
+EVENT_LOCK = 0x6D727664_0002
+
+_V1: tuple[str, ...] = (
+    # Accounts. Emails are unique whatever their case; rows are soft-deleted (deleted_at).
+    """
+    CREATE TABLE users (
+        id          text PRIMARY KEY,
+        name        text NOT NULL,
+        email       text NOT NULL,
+        password    text NOT NULL,
+        role        text NOT NULL DEFAULT 'user' CHECK (role IN ('user', 'admin')),
+        created_at  timestamptz NOT NULL,
+        updated_at  timestamptz NOT NULL,
+        deleted_at  timestamptz
+    )
+    """,
+    "CREATE UNIQUE INDEX users_email ON users (lower(email))",
+    # The append-only event log; seq is the monotonic cursor (an identity: never reused).
+    """
+    CREATE TABLE events (
+        seq             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id              text NOT NULL UNIQUE,
+        stream_id       text NOT NULL,
+        causation_id    text,
+        correlation_id  text,
+        type            text NOT NULL,
+        created_at      timestamptz NOT NULL,
+        occurred_at     timestamptz NOT NULL,
+        data            text NOT NULL DEFAULT '{}'
+    )
+    """,
+    "CREATE INDEX events_stream_id ON events (stream_id)",
+    "CREATE INDEX events_correlation_id ON events (correlation_id)",
+    """
+    CREATE FUNCTION events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'events are append-only';
+    END
+    $$
+    """,
+    """
+    CREATE TRIGGER events_append_only BEFORE UPDATE ON events
+    FOR EACH ROW EXECUTE FUNCTION events_append_only()
+    """,
+    # Write side: current state of each character, no indexes beyond the keys.
+    """
+    CREATE TABLE characters (
+        id            text PRIMARY KEY,
+        marvel_id     bigint NOT NULL UNIQUE,
+        name          text NOT NULL,
+        description   text NOT NULL DEFAULT '',
+        image_url     text NOT NULL DEFAULT '',
+        modified      text NOT NULL DEFAULT '',
+        content_hash  text NOT NULL,
+        data          text NOT NULL,
+        created_at    timestamptz NOT NULL,
+        updated_at    timestamptz NOT NULL
+    )
+    """,
+    # Read side, projected from events: the indexes and full-text search queries need.
+    """
+    CREATE TABLE character_reads (
+        marvel_id    bigint PRIMARY KEY,
+        name         text NOT NULL,
+        name_folded  text COLLATE "C" NOT NULL,
+        description  text NOT NULL DEFAULT '',
+        image_url    text NOT NULL DEFAULT '',
+        modified_at  timestamptz,
+        data         text NOT NULL,
+        search       tsvector GENERATED ALWAYS AS (
+            setweight(to_tsvector('simple', name), 'A')
+            || setweight(to_tsvector('simple', description), 'B')
+        ) STORED
+    )
+    """,
+    "CREATE INDEX character_reads_name_folded ON character_reads (name_folded)",
+    "CREATE INDEX character_reads_modified_at ON character_reads (modified_at)",
+    "CREATE INDEX character_reads_search ON character_reads USING gin (search)",
+    # The persistent cache tier. characters = the page's JSON; character_ids its ids.
+    """
+    CREATE TABLE cache (
+        id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        cache_key        text COLLATE "C" NOT NULL UNIQUE,
+        characters       text NOT NULL,
+        etag             text,
+        character_ids    bigint[] NOT NULL DEFAULT '{}',
+        created_at       timestamptz NOT NULL,
+        updated_at       timestamptz NOT NULL,
+        expires_at       timestamptz NOT NULL,
+        body_fetched_at  timestamptz
+    )
+    """,
+    "CREATE INDEX cache_expires_at ON cache (expires_at)",
+    # Tags for invalidation by character id.
+    """
+    CREATE TABLE cache_characters (
+        cache_id   bigint NOT NULL REFERENCES cache (id) ON DELETE CASCADE,
+        marvel_id  bigint NOT NULL,
+        PRIMARY KEY (cache_id, marvel_id)
+    )
+    """,
+    "CREATE INDEX cache_characters_marvel_id ON cache_characters (marvel_id)",
+    """
+    CREATE TABLE notifications (
+        id            text PRIMARY KEY,
+        type          text NOT NULL,
+        message       text NOT NULL,
+        recipient_id  text NOT NULL REFERENCES users (id),
+        event_seq     bigint REFERENCES events (seq),
+        cursor        bigint NOT NULL,
+        created_at    timestamptz NOT NULL,
+        sent_at       timestamptz
+    )
+    """,
+    "CREATE INDEX notifications_recipient_cursor ON notifications (recipient_id, cursor)",
+    # At most one notification per user and event: re-running the saga is idempotent.
+    """
+    CREATE UNIQUE INDEX notifications_recipient_event
+    ON notifications (recipient_id, event_seq)
+    """,
+    "CREATE INDEX notifications_created_at ON notifications (created_at)",
+    # What each user is notified of; no row: everything. character_ids empty: any
+    # character; name_prefix a folded prefix, empty: any name.
+    """
+    CREATE TABLE notification_subscriptions (
+        user_id        text PRIMARY KEY REFERENCES users (id),
+        character_ids  bigint[] NOT NULL DEFAULT '{}',
+        name_prefix    text COLLATE "C" NOT NULL DEFAULT '',
+        updated_at     timestamptz NOT NULL
+    )
+    """,
+    # The character as of each event that notified someone, once per event.
+    """
+    CREATE TABLE notification_characters (
+        event_seq  bigint PRIMARY KEY REFERENCES events (seq),
+        character  text NOT NULL
+    )
+    """,
+    # Positions of background work (saga outbox position, poller cursor, ...).
+    """
+    CREATE TABLE sync_state (
+        key         text PRIMARY KEY,
+        value       text NOT NULL,
+        updated_at  timestamptz NOT NULL
+    )
+    """,
+    # Signed webhook deliveries, by the signature's v1 value: a delivery seen twice is
+    # applied once; one received but not yet applied (applied_at NULL) survives a restart.
+    """
+    CREATE TABLE webhook_deliveries (
+        id           text PRIMARY KEY,
+        type         text NOT NULL,
+        ids          bigint[] NOT NULL,
+        occurred_at  timestamptz,
+        received_at  timestamptz NOT NULL,
+        applied_at   timestamptz
+    )
+    """,
+    """
+    CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (received_at)
+    WHERE applied_at IS NULL
+    """,
+)
+
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1,)
+LATEST_VERSION = len(MIGRATIONS)
+
+_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS marveld_schema (
+    only_row  boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    version   integer NOT NULL
+)
+"""
+
+
+def schema_version(conn: psycopg.Connection) -> int:
+    """The version the database is at; 0 for one marveld never migrated."""
+    row = conn.execute("SELECT to_regclass('marveld_schema') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return 0
+    found = conn.execute("SELECT version FROM marveld_schema").fetchone()
+    return int(found[0]) if found else 0
+
+
+def migrate(conn: psycopg.Connection, *, name: str) -> int:
+    """Bring the database on ``conn`` (autocommit mode) to :data:`LATEST_VERSION`, holding
+    :data:`MIGRATION_LOCK` throughout: a replica that starts while another migrates waits,
+    then finds the work done. Raises :class:`SchemaTooNew` for a database written by a
+    newer marveld (``name``, the redacted URL, names it). Returns the version reached."""
+    conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    try:
+        found = schema_version(conn)
+        if found > LATEST_VERSION:
+            raise SchemaTooNew(name, found, LATEST_VERSION)
+        while found < LATEST_VERSION:
+            with conn.transaction():
+                conn.execute(_VERSION_TABLE)
+                for statement in MIGRATIONS[found]:
+                    conn.execute(statement)
+                found += 1
+                conn.execute(
+                    "INSERT INTO marveld_schema (version) VALUES (%s)"
+                    " ON CONFLICT (only_row) DO UPDATE SET version = excluded.version",
+                    (found,),
+                )
+            log.info("database %s migrated to schema version %d", name, found)
+        return found
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
