@@ -185,6 +185,8 @@ class Processes:
             **(env or {}),
             **settings,
         }
+        if "MARVELD_DATABASE_URL" in env:  # PostgreSQL: no SQLite path beside it
+            del env["MARVELD_DATABASE_PATH"]
         log, proc = self._spawn(name, [*MARVELD, "serve", "--config", str(self._config)], env)
         self._pending.append(f"http://127.0.0.1:{http_port}/healthz")
         return Daemon(name, grpc_port, http_port, proc, log)

@@ -136,19 +136,24 @@ def grant_admin(email: str, config: Path | None, env: Mapping[str, str]) -> int:
         return fail(f"configuration error: {exc}")
     except InvalidArgument:
         return fail(f"{email!r} is not an email address")
-    path = settings.database.path
-    if not path.exists():
-        return fail(f"no database at {path} (database.path)")
+    db = settings.database
+    if db.url is None and not db.path.exists():
+        return fail(f"no database at {db.path} (database.path)")
     _setup_logging("warning")
+    where = [str(db.path)]
 
     async def set_role() -> User:
-        async with Store.open(path) as store:
+        opened = Store.connect(
+            path=db.path, url=db.url, password=settings.secrets.database_password, pool_size=1
+        )
+        async with opened as store:
+            where[0] = store.name
             return await store.users.set_role(clean, "admin", datetime.now(UTC))
 
     try:
         user = trio.run(set_role)
     except NotFound:
-        return fail(f"no user with email {clean} in {path}")
+        return fail(f"no user with email {clean} in {where[0]}")
     except StorageError as exc:
         return fail(str(exc))
     print(f"{user.email} is now an admin")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from secrets import token_urlsafe
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 DEFAULT_CONFIG_PATH = Path("marveld.toml")
 
@@ -68,6 +68,8 @@ class HttpSettings:
 @dataclass(frozen=True)
 class DatabaseSettings:
     path: Path
+    url: str | None  # PostgreSQL when set (no password in it), else SQLite at path
+    pool_size: int
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class Secrets:
     jwt_secret: str
     webhook_secret: str | None
     jwt_previous_secrets: tuple[str, ...] = ()
+    database_password: str | None = None
 
     def __repr__(self) -> str:  # whether each one is there, never its value
         shown = (f"{f.name}=<{'set' if getattr(self, f.name) else 'unset'}>" for f in fields(self))
@@ -180,7 +183,7 @@ class Settings:
 class Setting:
     section: str
     key: str
-    type: Literal["duration", "hostport", "path", "url", "int", "bool", "str"]
+    type: Literal["duration", "hostport", "path", "url", "pgurl", "int", "bool", "str"]
     default: Any  # written as in TOML ("1h"), parsed like any other value
     help: str
     bounds: tuple[int, int] | None = None  # "int": lowest and highest allowed
@@ -242,6 +245,14 @@ SETTINGS: tuple[Setting, ...] = (
             "clients keep idle connections (httpx 5 s, aiohttp 15 s)."),
     Setting("database", "path", "path", "marveld.db",
             "SQLite database file; a relative path is relative to the working directory."),
+    Setting("database", "url", "pgurl", "",
+            "PostgreSQL instead of SQLite: a libpq URL such as "
+            "`postgresql://marveld@db.internal:5432/marveld?sslmode=verify-full`, without a "
+            "password (MARVELD_DATABASE_PASSWORD, or libpq's own PGPASSFILE). Empty: SQLite "
+            "at database.path; the two cannot both be set."),
+    Setting("database", "pool_size", "int", 8,
+            "Most PostgreSQL connections held open at once (database.url only).",
+            bounds=(1, 1000)),
     Setting("upstream", "url", "url", "http://127.0.0.1:8089/v1/public",
             "Root of the Marvel-compatible API; the default is a local `marveld sim`.",
             check=_api_root),
@@ -356,6 +367,9 @@ SECRETS: tuple[SecretSpec, ...] = (
                "accepted until they expire. Rotate by moving MARVELD_JWT_SECRET here and "
                "setting a new one; drop it after auth.token_ttl.",
                required=False, min_bytes=32, many=True),
+    SecretSpec("MARVELD_DATABASE_PASSWORD",
+               "Password of the PostgreSQL role in database.url (unless libpq finds one in "
+               "PGPASSFILE or the server trusts the client).", required=False),
 )  # fmt: skip
 
 
@@ -407,6 +421,27 @@ def _url(raw: object, s: Setting) -> str:
     return str(raw).rstrip("/")
 
 
+def _pgurl(raw: object, s: Setting) -> str | None:
+    if not isinstance(raw, str):
+        raise ValueError(f"expected a postgresql:// URL, got {_show(raw)}")
+    if not raw.strip():
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError("expected a postgresql:// URL (libpq's URL form)")
+    try:
+        has_password = parts.password is not None or "password" in parse_qs(parts.query)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("not a valid URL: check its host and port") from None
+    if has_password:  # the message must not repeat it
+        raise ValueError(
+            "the URL holds a password: put it in MARVELD_DATABASE_PASSWORD (or its _FILE, or "
+            "the systemd credential), or in libpq's PGPASSFILE, and leave it out of the URL"
+        )
+    return raw
+
+
 def _int(raw: object, s: Setting) -> int:
     if not isinstance(raw, int) or isinstance(raw, bool):
         raise ValueError(f"expected an integer, got {_show(raw)}")
@@ -430,7 +465,7 @@ def _str(raw: object, s: Setting) -> str:
 
 
 _PARSERS: dict[str, Callable[[object, Setting], object]] = {
-    "duration": _duration, "hostport": _hostport, "path": _path, "url": _url,
+    "duration": _duration, "hostport": _hostport, "path": _path, "url": _url, "pgurl": _pgurl,
     "int": _int, "bool": _bool, "str": _str,
 }  # fmt: skip
 
@@ -478,6 +513,12 @@ def load_settings(path: Path | None, env: Mapping[str, str], *, demo: bool = Fal
         else:
             value, where = s.default, f"default of {s.name}"
         values[s.section][s.key] = _parse(s, value, where)
+    database_path_set = "MARVELD_DATABASE_PATH" in env or "path" in raw.get("database", {})
+    if values["database"]["url"] is not None and database_path_set:
+        raise ConfigError(
+            "database.url and database.path are both set: database.url means PostgreSQL, "
+            "database.path SQLite; keep the one you mean"
+        )
     sections = {name: make(**values[name]) for name, make in _SECTIONS.items()}
     return Settings(**sections, secrets=_load_secrets(env, demo=demo))
 
@@ -608,7 +649,9 @@ def _type_text(s: Setting) -> str:
         return f"integer, {s.bounds[0]} to {s.bounds[1]}"
     if s.choices:
         return f"one of {', '.join(s.choices)}"
-    return {"hostport": "host:port (port 0: any free port)", "str": "text"}.get(s.type, s.type)
+    names = {"hostport": "host:port (port 0: any free port)", "str": "text",
+             "pgurl": "postgresql:// URL or empty"}  # fmt: skip
+    return names.get(s.type, s.type)
 
 
 def example_toml() -> str:

@@ -28,7 +28,7 @@ from marveld.services.memory_tier import MemoryTier
 from marveld.services.notifications import NotificationService, NotificationSettings
 from marveld.services.poller import Poller
 from marveld.services.ratelimit import LoginThrottle, RateLimiter, RateLimits
-from marveld.services.readiness import Readiness
+from marveld.services.readiness import Readiness, watch_database
 from marveld.services.security import PasswordHasher, TokenIssuer, utc_now
 from marveld.services.sync import SyncService
 from marveld.services.users import UserService
@@ -110,7 +110,12 @@ async def run(
         on_change=breaker_changed,
     )
     async with (
-        Store.open(settings.database.path) as store,
+        Store.connect(
+            path=settings.database.path,
+            url=settings.database.url,
+            password=secrets.database_password,
+            pool_size=settings.database.pool_size,
+        ) as store,
         MarvelClient.open(
             base_url=up.url,
             public_key=secrets.marvel_public_key,
@@ -248,6 +253,7 @@ async def run(
                 log.info("poller disabled: TriggerSync and webhooks bring changes")
             listening.set()
             log.info("marveld ready: grpc port %d, http port %d", grpc_port, http_port)
+            await nursery.start(partial(watch_database, store.ping, grpc.set_database_serving))
             await nursery.start(notifier.keep_watchdog)
             notifier.ready(f"serving: grpc port {grpc_port}, http port {http_port}")
             task_status.started(Endpoints(grpc_port=grpc_port, http_port=http_port))

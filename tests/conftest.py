@@ -24,6 +24,7 @@ from marveld import daemon
 from marveld.config import Settings, load_settings
 from marveld.services.security import PasswordHasher
 from marveld.sim import SimHandle, SimOptions, run_sim
+from marveld.storage import Store
 from tests import postgres
 from tests.aio import AioClient, grpc_client
 
@@ -64,7 +65,10 @@ def daemon_env(tmp_path: Path, upstream_url: str) -> dict[str, str]:
 def make_settings(tmp_path: Path, upstream_url: str, **overrides: str) -> Settings:
     config = tmp_path / "marveld.toml"
     config.touch()
-    return load_settings(config, {**daemon_env(tmp_path, upstream_url), **overrides})
+    env = {**daemon_env(tmp_path, upstream_url), **overrides}
+    if "MARVELD_DATABASE_URL" in overrides:  # PostgreSQL: no SQLite path beside it
+        env.pop("MARVELD_DATABASE_PATH")
+    return load_settings(config, env)
 
 
 # argon2id at OWASP's parameters costs tens of ms a hash; tests that are not about hashing
@@ -188,3 +192,21 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
     finally:
         with psycopg.connect(postgres_server, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """Where the SQLite store of a test lives."""
+    return tmp_path / "marveld.sqlite3"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator[Store]:
+    """An open store on each backend: SQLite at ``db_path``, and a fresh PostgreSQL
+    database (``postgres_url``). Tests of one backend's internals open their own."""
+    if request.param == "sqlite":
+        async with Store.open(db_path) as opened:
+            yield opened
+    else:
+        async with Store.open_url(request.getfixturevalue("postgres_url")) as opened:
+            yield opened

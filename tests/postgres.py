@@ -113,33 +113,7 @@ class Cluster:
                 "--no-sync",
             ],
         )
-        options = " ".join(
-            [
-                f"-p {cluster.port}",
-                "-c listen_addresses=127.0.0.1",
-                f"-c unix_socket_directories={folder}",
-                "-c fsync=off",
-                "-c synchronous_commit=off",
-                "-c full_page_writes=off",
-                "-c max_connections=300",
-                "-c shared_buffers=64MB",
-            ]
-        )
-        _run(
-            user,
-            [
-                str(binaries / "pg_ctl"),
-                "start",
-                "--pgdata",
-                str(cluster.data),
-                "--log",
-                str(cluster.log),
-                "--wait",
-                f"--timeout={START_SECONDS}",
-                "-o",
-                options,
-            ],
-        )
+        cluster.restart()
         return cluster
 
     def stop(self) -> None:
@@ -148,6 +122,36 @@ class Cluster:
             _server_user(),
             [str(bindir() / "pg_ctl"), "stop", "--pgdata", str(self.data), "--mode", "fast"],
             check=False,
+        )
+
+    def restart(self) -> None:
+        """pg_ctl start (the cluster is initialised): returns once it accepts connections."""
+        options = " ".join(
+            [
+                f"-p {self.port}",
+                "-c listen_addresses=127.0.0.1",
+                f"-c unix_socket_directories={self.folder}",
+                "-c fsync=off",
+                "-c synchronous_commit=off",
+                "-c full_page_writes=off",
+                "-c max_connections=300",
+                "-c shared_buffers=64MB",
+            ]
+        )
+        _run(
+            _server_user(),
+            [
+                str(bindir() / "pg_ctl"),
+                "start",
+                "--pgdata",
+                str(self.data),
+                "--log",
+                str(self.log),
+                "--wait",
+                f"--timeout={START_SECONDS}",
+                "-o",
+                options,
+            ],
         )
 
     @classmethod

@@ -488,14 +488,14 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         assert not any(value in text for value in ALL_SECRET_VALUES)
     assert repr(s.secrets) == (
         "Secrets(marvel_public_key=<set>, marvel_private_key=<set>, jwt_secret=<set>,"
-        " webhook_secret=<set>, jwt_previous_secrets=<unset>)"
+        " webhook_secret=<set>, jwt_previous_secrets=<unset>, database_password=<unset>)"
     )
     assert repr(load(tmp_path).secrets).endswith(
-        "webhook_secret=<unset>, jwt_previous_secrets=<unset>)"
+        "webhook_secret=<unset>, jwt_previous_secrets=<unset>, database_password=<unset>)"
     )
     rotated = load(tmp_path, MARVELD_JWT_PREVIOUS_SECRETS=OLD_JWT)
     assert OLD_JWT not in repr(rotated)
-    assert repr(rotated.secrets).endswith("jwt_previous_secrets=<set>)")
+    assert repr(rotated.secrets).endswith("jwt_previous_secrets=<set>, database_password=<unset>)")
 
 
 OLD_JWT = "old-jwt-" + "0ld" * 10
@@ -596,3 +596,30 @@ def test_readme_settings_reference_is_current() -> None:
 def test_poller_reserve_must_leave_room_for_requests(tmp_path: Path) -> None:
     message = error(tmp_path, "[upstream]\ndaily_budget = 100\npoller_reserve = 100\n")
     assert "upstream.poller_reserve (100) must be less than upstream.daily_budget (100)" in message
+
+
+def test_database_url_means_postgresql_and_takes_no_password(tmp_path: Path) -> None:
+    assert load(tmp_path).database.url is None  # SQLite by default
+    url = "postgresql://marveld@db.internal:5432/marveld?sslmode=verify-full"
+    s = load(tmp_path, MARVELD_DATABASE_URL=url, MARVELD_DATABASE_PASSWORD="pg-s3cret")
+    assert (s.database.url, s.database.pool_size) == (url, 8)
+    assert s.secrets.database_password == "pg-s3cret"
+    assert "pg-s3cret" not in repr(s)
+    for bad in (
+        "postgresql://marveld:pg-s3cret@db/marveld",
+        "postgresql://db/marveld?password=pg-s3cret",
+    ):
+        with pytest.raises(ConfigError, match="MARVELD_DATABASE_PASSWORD") as caught:
+            load(tmp_path, MARVELD_DATABASE_URL=bad)
+        assert "pg-s3cret" not in str(caught.value)
+    for bad in ("mysql://db/marveld", "postgresql://db:port/marveld"):
+        with pytest.raises(ConfigError, match=r"database\.url"):
+            load(tmp_path, MARVELD_DATABASE_URL=bad)
+
+
+def test_database_url_and_path_cannot_both_be_set(tmp_path: Path) -> None:
+    url = "postgresql://marveld@db/marveld"
+    with pytest.raises(ConfigError, match=r"database\.url and database\.path are both set"):
+        load(tmp_path, MARVELD_DATABASE_URL=url, MARVELD_DATABASE_PATH=str(tmp_path / "m.db"))
+    with pytest.raises(ConfigError, match="both set"):
+        load(tmp_path, f'[database]\npath = "m.db"\nurl = "{url}"\n')

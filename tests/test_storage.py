@@ -1,27 +1,35 @@
 """Storage: schema and migrations, users, characters, concurrency.
 
-Rules: real SQLite files under ``tmp_path``, used through the async API from trio tests;
-no sleeps, no fake clocks (trio's autojump clock jumps while SQLite runs in a thread); the
-timestamps are fixed values passed in, as the services pass theirs. sqlite3 is imported
-here only to look at the file from outside (sqlite_master, PRAGMAs) and to fake a newer
-schema; the code under test is reached through ``marveld.storage``.
+Rules: tests that take ``store`` run on both backends (a real SQLite file under
+``tmp_path``, a fresh PostgreSQL database), used through the async API from trio tests;
+no sleeps, no fake clocks (trio's autojump clock jumps while the database runs in a
+thread); the timestamps are fixed values passed in, as the services pass theirs. Raw SQL
+looks at the rows through the store's own connections (``tests.stores``, the helpers
+below); sqlite3 is used directly only for what is SQLite's alone (the file, sqlite_master,
+PRAGMAs, FTS5, faking a newer schema). The code under test is reached through
+``marveld.storage``.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from psycopg.pq import TransactionStatus
 
 from marveld.domain.characters import Character, CharacterUrl
 from marveld.domain.errors import AlreadyExists, NotFound
 from marveld.storage import LATEST_VERSION, SchemaTooNew, StorageError, Store
+from marveld.storage.codec import time_to_text
+from marveld.storage.database import Database
+from tests.stores import is_postgres, rows
 
 T0 = datetime(2026, 11, 24, 6, 24, 4, 123456, tzinfo=UTC)
 
@@ -67,25 +75,61 @@ def raw_db(path: Path) -> closing[sqlite3.Connection]:
     return closing(sqlite3.connect(path))
 
 
+def db_time(store: Store, value: datetime) -> Any:
+    """A time as a parameter of raw SQL: the SQLite store's text, or the datetime."""
+    return value if is_postgres(store) else time_to_text(value)
+
+
+async def texts(store: Store, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` (``tests.stores.rows``) with each time as the SQLite store's text
+    (``time_to_text``: UTC, microseconds), so that one assertion holds on both backends."""
+    return [
+        tuple(time_to_text(v) if isinstance(v, datetime) else v for v in row)
+        for row in await rows(store, sql, *params)
+    ]
+
+
+async def execute(store: Store, sql: str, *params: Any) -> None:
+    """``sql`` in a write transaction of the store (``?`` placeholders, as ``rows``)."""
+    if is_postgres(store):
+        sql = sql.replace("?", "%s")
+    await store._db.write(lambda conn: conn.execute(sql, params))
+
+
+async def refuse_inserts(store: Store, table: str, message: str) -> None:
+    """A trigger that fails every insert into ``table`` with ``message`` (a plain word)."""
+    if is_postgres(store):
+        await execute(
+            store,
+            f"CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql"
+            f" AS $$ BEGIN RAISE EXCEPTION '{message}'; END $$",
+        )
+        await execute(
+            store,
+            f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table}"
+            f" FOR EACH ROW EXECUTE FUNCTION refuse_{table}()",
+        )
+    else:
+        await execute(
+            store,
+            f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table}"
+            f" BEGIN SELECT RAISE(ABORT, '{message}'); END",
+        )
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "marveld.sqlite3"
 
 
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    async with Store.open(db_path) as opened:
-        yield opened
-
-
 # --- schema and migrations ---------------------------------------------------------------
 
 
-async def test_open_creates_file_parent_and_every_table_and_index(
-    store: Store, db_path: Path
-) -> None:
-    assert await trio.Path(db_path).exists()
-    assert store.schema_version == LATEST_VERSION >= 1
+async def test_open_creates_file_parent_and_every_table_and_index(db_path: Path) -> None:
+    # SQLite's file, sqlite_master and PRAGMAs (PostgreSQL's: test_postgres_storage.py).
+    async with Store.open(db_path) as store:
+        assert await trio.Path(db_path).exists()
+        assert store.schema_version == LATEST_VERSION >= 1
     with raw_db(db_path) as conn:
         objects = {
             (kind, name) for kind, name in conn.execute("SELECT type, name FROM sqlite_master")
@@ -98,17 +142,22 @@ async def test_open_creates_file_parent_and_every_table_and_index(
     assert mode == "wal"
 
 
-async def test_connections_have_busy_timeout_and_foreign_keys(store: Store) -> None:
+async def test_connections_have_busy_timeout_and_foreign_keys(db_path: Path) -> None:
+    # SQLite's PRAGMAs: PostgreSQL has neither setting.
     def pragmas(conn: sqlite3.Connection) -> tuple[int, int]:
         timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
         foreign = conn.execute("PRAGMA foreign_keys").fetchone()[0]
         return timeout, foreign
 
-    assert await store._db.read(pragmas) == (5000, 1)
-    assert await store._db.write(pragmas) == (5000, 1)
+    async with Store.open(db_path) as store:
+        db = store._db
+        assert isinstance(db, Database)
+        assert await db.read(pragmas) == (5000, 1)
+        assert await db.write(pragmas) == (5000, 1)
 
 
-async def test_fts5_search_follows_the_read_table(store: Store) -> None:
+async def test_fts5_search_follows_the_read_table(db_path: Path) -> None:
+    # SQLite's FTS5 table and its triggers (PostgreSQL's search: test_search_backends.py).
     def fill(conn: sqlite3.Connection) -> None:
         conn.executemany(
             "INSERT INTO character_reads (marvel_id, name, name_folded, description, data)"
@@ -127,20 +176,27 @@ async def test_fts5_search_follows_the_read_table(store: Store) -> None:
 
         return run
 
-    await store._db.write(fill)
-    assert await store._db.read(search("spider")) == [1]
-    assert await store._db.read(search("man")) == [1, 2]
-    assert await store._db.read(search("cafe")) == [2]
-    assert await store._db.read(search("genius")) == []
+    async with Store.open(db_path) as store:
+        db = store._db
+        assert isinstance(db, Database)
+        await db.write(fill)
+        assert await db.read(search("spider")) == [1]
+        assert await db.read(search("man")) == [1, 2]
+        assert await db.read(search("cafe")) == [2]
+        assert await db.read(search("genius")) == []
 
 
 async def test_events_are_append_only(store: Store) -> None:
-    def append_then_update(conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "INSERT INTO events (id, stream_id, type, created_at, occurred_at)"
-            " VALUES ('e1', 'character-1', 'CharacterAdded', ?, ?)",
-            (T0.isoformat(), T0.isoformat()),
-        )
+    stamp = db_time(store, T0)
+    insert = (
+        "INSERT INTO events (id, stream_id, type, created_at, occurred_at)"
+        " VALUES ('e1', 'character-1', 'CharacterAdded', ?, ?)"
+    )
+    if is_postgres(store):
+        insert = insert.replace("?", "%s")
+
+    def append_then_update(conn: Any) -> None:
+        conn.execute(insert, (stamp, stamp))
         conn.execute("UPDATE events SET type = 'x'")
 
     with pytest.raises(StorageError, match="append-only"):
@@ -209,13 +265,22 @@ async def test_unusable_paths_are_storage_errors(tmp_path: Path) -> None:
 
 
 async def test_snapshot_reads_see_one_state(store: Store, db_path: Path) -> None:
-    def two_counts(conn: sqlite3.Connection) -> tuple[bool, int]:
-        return conn.in_transaction, conn.execute("SELECT count(*) FROM users").fetchone()[0]
+    def in_transaction(conn: Any) -> bool:
+        if is_postgres(store):
+            return bool(conn.info.transaction_status != TransactionStatus.IDLE)
+        return bool(conn.in_transaction)
+
+    def two_counts(conn: Any) -> tuple[bool, int]:
+        return in_transaction(conn), conn.execute("SELECT count(*) FROM users").fetchone()[0]
 
     assert await store._db.read(two_counts, snapshot=True) == (True, 0)
     assert await store._db.read(two_counts) == (False, 0)
-    assert store.path == db_path
-    with pytest.raises(StorageError, match="no such column"):
+    if is_postgres(store):
+        with pytest.raises(AttributeError, match="no file path"):
+            assert store.path
+    else:
+        assert store.path == db_path
+    with pytest.raises(StorageError, match=r'no such column|column "nope" does not exist'):
         await store._db.read(lambda conn: conn.execute("SELECT nope FROM users"))
 
 
@@ -260,26 +325,23 @@ async def test_duplicate_email_in_any_case_is_already_exists(store: Store) -> No
     await store.users.create(name="Bob", email="bob@example.com", password_hash="h", now=T0)
 
 
-async def test_times_are_stored_as_utc_text_and_read_back_aware(
-    store: Store, db_path: Path
-) -> None:
+async def test_times_are_stored_as_utc_text_and_read_back_aware(store: Store) -> None:
     paris = datetime(2026, 11, 24, 7, 24, 4, 123456, tzinfo=timezone(timedelta(hours=1)))
     user = await store.users.create(name="Ann", email="a@example.com", password_hash="h", now=paris)
     assert user.created_at == T0
     assert user.created_at.utcoffset() == timedelta(0)
-    with raw_db(db_path) as conn:
-        stored = conn.execute("SELECT created_at FROM users").fetchone()[0]
-    assert stored == "2026-11-24T06:24:04.123456+00:00"
+    ((stored,),) = await rows(store, "SELECT created_at FROM users")
+    if is_postgres(store):  # timestamptz: the instant, to the microsecond
+        assert stored == T0
+    else:
+        assert stored == "2026-11-24T06:24:04.123456+00:00"
 
 
 async def test_soft_deleted_users_are_still_returned(store: Store) -> None:
     user = await store.users.create(name="Ann", email="a@example.com", password_hash="h", now=T0)
     deleted_at = T0 + timedelta(days=1)
 
-    def soft_delete(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE users SET deleted_at = ?", (deleted_at.isoformat(),))
-
-    await store._db.write(soft_delete)
+    await execute(store, "UPDATE users SET deleted_at = ?", db_time(store, deleted_at))
     found = await store.users.by_email("a@example.com")
     assert found is not None
     assert found.deleted_at == deleted_at
@@ -300,23 +362,22 @@ async def test_set_password_hash(store: Store) -> None:
 # --- characters ----------------------------------------------------------------------------
 
 
-def character_times(db_path: Path) -> dict[int, tuple[str, str]]:
-    with raw_db(db_path) as conn:
-        rows = conn.execute("SELECT marvel_id, created_at, updated_at FROM characters")
-        return {marvel_id: (created, updated) for marvel_id, created, updated in rows}
+async def character_times(store: Store) -> dict[int, tuple[str, str]]:
+    found = await texts(store, "SELECT marvel_id, created_at, updated_at FROM characters")
+    return {marvel_id: (created, updated) for marvel_id, created, updated in found}
 
 
-async def test_characters_upsert_new_changed_identical(store: Store, db_path: Path) -> None:
+async def test_characters_upsert_new_changed_identical(store: Store) -> None:
     one, two, three = character(1), character(2), character(3)
     assert await store.characters.get(1) is None
     assert await store.characters.upsert_many([one, two], T0) == 2
     assert await store.characters.get(1) == one
-    before = character_times(db_path)
+    before = await character_times(store)
 
     changed = character(2, description="now with a description")
     later = T0 + timedelta(hours=1)
     assert await store.characters.upsert_many([one, changed, three], later) == 2
-    after = character_times(db_path)
+    after = await character_times(store)
     assert after[1] == before[1]  # identical: untouched
     assert after[2] == (before[2][0], later.isoformat())  # changed: created_at kept
     assert after[3] == (later.isoformat(), later.isoformat())
@@ -402,12 +463,16 @@ async def test_reads_run_while_a_write_is_in_progress(store: Store) -> None:
     in_write = trio.Event()
     release = threading.Event()
 
-    def slow_write(conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "INSERT INTO users (id, name, email, password, created_at, updated_at)"
-            " VALUES ('u2', 'Bob', 'bob@example.com', 'h', ?, ?)",
-            (T0.isoformat(), T0.isoformat()),
-        )
+    stamp = db_time(store, T0)
+    insert = (
+        "INSERT INTO users (id, name, email, password, created_at, updated_at)"
+        " VALUES ('u2', 'Bob', 'bob@example.com', 'h', ?, ?)"
+    )
+    if is_postgres(store):
+        insert = insert.replace("?", "%s")
+
+    def slow_write(conn: Any) -> None:
+        conn.execute(insert, (stamp, stamp))
         trio.from_thread.run_sync(in_write.set)
         assert release.wait(timeout=20), "the test never released the writer"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +10,8 @@ import trio
 
 from marveld.domain.characters import Character, CharacterPage
 from marveld.storage import CacheEntry, StorageError, Store
-from tests.test_storage import T0, character, raw_db
+from tests.stores import rows
+from tests.test_storage import T0, character, refuse_inserts
 
 TTL = timedelta(hours=1)
 
@@ -34,21 +33,15 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "marveld.sqlite3"
 
 
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    async with Store.open(db_path) as opened:
-        yield opened
+async def tags(store: Store) -> set[tuple[str, int]]:
+    found = await rows(
+        store,
+        "SELECT cache_key, marvel_id FROM cache_characters JOIN cache ON cache.id = cache_id",
+    )
+    return {(key, marvel_id) for key, marvel_id in found}
 
 
-def tags(db_path: Path) -> set[tuple[str, int]]:
-    with raw_db(db_path) as conn:
-        rows = conn.execute(
-            "SELECT cache_key, marvel_id FROM cache_characters JOIN cache ON cache.id = cache_id"
-        )
-        return {(key, marvel_id) for key, marvel_id in rows}
-
-
-async def test_put_then_get_round_trips_the_page(store: Store, db_path: Path) -> None:
+async def test_put_then_get_round_trips_the_page(store: Store) -> None:
     stored = page(character(1, name="Spider-Man", description="Ünïcode ✓"), character(2))
     await store.cache.put("characters?limit=20", stored, now=T0, expires_at=T0 + TTL)
     entry = await store.cache.get("characters?limit=20")
@@ -62,7 +55,7 @@ async def test_put_then_get_round_trips_the_page(store: Store, db_path: Path) ->
         body_fetched_at=T0,
     )
     assert await store.cache.get("characters?limit=21") is None
-    assert tags(db_path) == {("characters?limit=20", 1), ("characters?limit=20", 2)}
+    assert await tags(store) == {("characters?limit=20", 1), ("characters?limit=20", 2)}
 
 
 async def test_empty_page_without_etag(store: Store) -> None:
@@ -73,7 +66,7 @@ async def test_empty_page_without_etag(store: Store) -> None:
     assert (entry.page, entry.etag, entry.character_ids) == (empty, None, ())
 
 
-async def test_put_replaces_on_refresh(store: Store, db_path: Path) -> None:
+async def test_put_replaces_on_refresh(store: Store) -> None:
     await store.cache.put("k", page(character(1), character(2)), now=T0, expires_at=T0 + TTL)
     later = T0 + timedelta(minutes=90)
     fresh = page(character(2), character(3), etag="etag-2")
@@ -84,7 +77,7 @@ async def test_put_replaces_on_refresh(store: Store, db_path: Path) -> None:
     assert (entry.created_at, entry.expires_at) == (later, later + TTL)
     assert (entry.etag, entry.character_ids) == ("etag-2", (2, 3))
     assert await store.cache.count() == 1
-    assert tags(db_path) == {("k", 2), ("k", 3)}
+    assert await tags(store) == {("k", 2), ("k", 3)}
 
 
 async def test_get_returns_expired_entries(store: Store) -> None:
@@ -94,7 +87,7 @@ async def test_get_returns_expired_entries(store: Store) -> None:
     assert entry.expires_at < T0
 
 
-async def test_delete_expired_removes_only_expired(store: Store, db_path: Path) -> None:
+async def test_delete_expired_removes_only_expired(store: Store) -> None:
     now = T0 + timedelta(hours=5)
     await store.cache.put("old", page(character(1)), now=T0, expires_at=now - timedelta(seconds=1))
     await store.cache.put("edge", page(character(2)), now=T0, expires_at=now)
@@ -104,11 +97,11 @@ async def test_delete_expired_removes_only_expired(store: Store, db_path: Path) 
     assert await store.cache.get("edge") is None
     assert await store.cache.get("fresh") is not None
     assert await store.cache.count() == 1
-    assert tags(db_path) == {("fresh", 3)}  # tags went with their entries (ON DELETE CASCADE)
+    assert await tags(store) == {("fresh", 3)}  # tags went with their entries (ON DELETE CASCADE)
     assert await store.cache.delete_expired(now) == 0
 
 
-async def test_delete_clear_count(store: Store, db_path: Path) -> None:
+async def test_delete_clear_count(store: Store) -> None:
     for n in range(5):
         await store.cache.put(f"k{n}", page(character(n)), now=T0, expires_at=T0 + TTL)
     assert await store.cache.count() == 5
@@ -118,7 +111,7 @@ async def test_delete_clear_count(store: Store, db_path: Path) -> None:
     assert await store.cache.clear() == 4
     assert await store.cache.count() == 0
     assert await store.cache.clear() == 0
-    assert tags(db_path) == set()
+    assert await tags(store) == set()
     # the characters the pages held stay: the cache is not the source of truth
     assert await store.characters.get(3) == character(3)
 
@@ -133,20 +126,14 @@ async def test_put_upserts_the_pages_characters(store: Store) -> None:
     assert await store.characters.upsert_many([changed, character(2)], T0) == 0
 
 
-async def test_put_is_one_transaction(store: Store, db_path: Path) -> None:
+async def test_put_is_one_transaction(store: Store) -> None:
     """A failure while upserting the characters leaves no cache row behind."""
 
-    def break_characters(conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "CREATE TRIGGER no_characters BEFORE INSERT ON characters"
-            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
-        )
-
-    await store._db.write(break_characters)
+    await refuse_inserts(store, "characters", "refused")
     with pytest.raises(StorageError, match="refused"):
         await store.cache.put("k", page(character(1)), now=T0, expires_at=T0 + TTL)
     assert await store.cache.get("k") is None
-    assert tags(db_path) == set()
+    assert await tags(store) == set()
 
 
 async def test_parallel_puts_all_land(store: Store) -> None:

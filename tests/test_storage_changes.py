@@ -1,16 +1,14 @@
 """Storage: a batch applied in ONE transaction (characters, events, read table and FTS,
 cache invalidation, sync state, webhook deliveries), local search, and migration 2.
 
-Same rules as ``test_storage.py``: real SQLite files, fixed timestamps, sqlite3 only to
-look at the file from outside.
+Same rules as ``test_storage.py``: both backends through ``store``, fixed timestamps, raw
+SQL through the store's connections; sqlite3 directly only for SQLite's own migration 2.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,8 @@ from marveld.storage import LATEST_VERSION, StorageError, Store
 from marveld.storage.reads import fts_match
 from marveld.storage.schema import MIGRATIONS
 from marveld.storage.sync_state import BOOTSTRAP, POLL_CHECKPOINT
-from tests.test_storage import T0, character, raw_db
+from tests.stores import rows
+from tests.test_storage import T0, character, raw_db, refuse_inserts, texts
 
 POLL = Provenance(source="poll", correlation_id="poll:run-1", causation_id="poll:run-1")
 TTL = timedelta(hours=1)
@@ -35,22 +34,17 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "marveld.sqlite3"
 
 
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    async with Store.open(db_path) as opened:
-        yield opened
-
-
-def rows(db_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+def file_rows(db_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows read from the SQLite file itself (migration 2 is SQLite's)."""
     with raw_db(db_path) as conn:
         return [tuple(row) for row in conn.execute(sql, params)]
 
 
-def events(db_path: Path) -> list[tuple[int, str, str, str, dict[str, Any]]]:
+async def events(store: Store) -> list[tuple[int, str, str, str, dict[str, Any]]]:
     return [
         (seq, stream, kind, correlation, json.loads(data))
-        for seq, stream, kind, correlation, data in rows(
-            db_path, "SELECT seq, stream_id, type, correlation_id, data FROM events ORDER BY seq"
+        for seq, stream, kind, correlation, data in await rows(
+            store, "SELECT seq, stream_id, type, correlation_id, data FROM events ORDER BY seq"
         )
     ]
 
@@ -71,24 +65,24 @@ def list_key(**fields: Any) -> str:
     return CharacterQuery.parse(**fields).cache_key()
 
 
-async def test_a_batch_adds_characters_events_and_read_rows(store: Store, db_path: Path) -> None:
+async def test_a_batch_adds_characters_events_and_read_rows(store: Store) -> None:
     spider = character(1, name="Spider-Man", description="Bitten by a radioactive spider")
     result = await store.changes.apply(
         [spider, character(2, name="Iron Man"), spider], provenance=POLL, now=T0
     )
     assert (result.added, result.updated, result.changed) == (2, 0, 2)
     assert [e.seq for e in result.events] == [1, 2]
-    assert events(db_path) == [
+    assert (await events(store)) == [
         (1, "character-1", CHARACTER_ADDED, "poll:run-1", result.events[0].data),
         (2, "character-2", CHARACTER_ADDED, "poll:run-1", result.events[1].data),
     ]
-    assert rows(db_path, "SELECT causation_id, created_at, occurred_at FROM events")[0] == (
+    assert (await texts(store, "SELECT causation_id, created_at, occurred_at FROM events"))[0] == (
         "poll:run-1",
         T0.isoformat(),
         "2014-04-29T18:18:17.000000+00:00",
     )
-    assert rows(
-        db_path, "SELECT marvel_id, name, name_folded, modified_at FROM character_reads"
+    assert await texts(
+        store, "SELECT marvel_id, name, name_folded, modified_at FROM character_reads ORDER BY 1"
     ) == [
         (1, "Spider-Man", "spider-man", "2014-04-29T18:18:17.000000+00:00"),
         (2, "Iron Man", "iron man", "2014-04-29T18:18:17.000000+00:00"),
@@ -98,23 +92,23 @@ async def test_a_batch_adds_characters_events_and_read_rows(store: Store, db_pat
     assert await store.characters.get(2) == character(2, name="Iron Man")
 
 
-async def test_the_same_data_again_adds_no_events(store: Store, db_path: Path) -> None:
+async def test_the_same_data_again_adds_no_events(store: Store) -> None:
     batch = [character(n) for n in range(1, 6)]
     await store.changes.apply(batch, provenance=POLL, now=T0)
     again = await store.changes.apply(batch, provenance=POLL, now=T0 + TTL)
     assert again.changed == 0
     assert again.events == ()
-    assert len(events(db_path)) == 5
+    assert len(await events(store)) == 5
 
 
 async def test_a_change_is_one_update_and_the_read_side_follows(
-    store: Store, db_path: Path
+    store: Store,
 ) -> None:
     await store.changes.apply([character(1, name="Spider-Man")], provenance=POLL, now=T0)
     changed = character(1, name="Spider-Man", description="Now with a café")
     result = await store.changes.apply([changed], provenance=POLL, now=T0 + TTL)
     assert (result.added, result.updated) == (0, 1)
-    (seq, stream, kind, _, data) = events(db_path)[-1]
+    (seq, stream, kind, _, data) = (await events(store))[-1]
     assert (seq, stream, kind) == (2, "character-1", CHARACTER_UPDATED)
     assert data["fields"] == ["description"]
     assert data["changes"] == {"description": "Now with a café"}
@@ -122,7 +116,7 @@ async def test_a_change_is_one_update_and_the_read_side_follows(
     found = await store.reads.search(SearchQuery.parse("cafe", None, None).terms, limit=5, offset=0)
     assert found.characters == (changed,)
     # characters keeps its created_at and takes the new updated_at
-    assert rows(db_path, "SELECT created_at, updated_at FROM characters") == [
+    assert await texts(store, "SELECT created_at, updated_at FROM characters") == [
         (T0.isoformat(), (T0 + TTL).isoformat())
     ]
 
@@ -138,7 +132,7 @@ async def test_sequence_numbers_keep_growing_across_batches(store: Store) -> Non
 
 
 async def test_state_rows_and_deliveries_are_written_with_the_batch(
-    store: Store, db_path: Path
+    store: Store,
 ) -> None:
     assert await store.webhooks.record(
         "d1", kind="character.updated", ids=[1], occurred_at=None, now=T0
@@ -159,14 +153,14 @@ async def test_state_rows_and_deliveries_are_written_with_the_batch(
     assert await store.sync_state.get_many("k", "missing") == {"k": [1, 2], "missing": None}
 
 
-async def test_a_failing_batch_leaves_nothing(store: Store, db_path: Path) -> None:
+async def test_a_failing_batch_leaves_nothing(store: Store) -> None:
     """A failure after the characters, events and read rows were written: all or none."""
     with pytest.raises(TypeError):
         await store.changes.apply(
             [character(1), character(2)], provenance=POLL, now=T0, state={"bad": object()}
         )
     for table in ("characters", "events", "character_reads", "sync_state"):
-        assert rows(db_path, f"SELECT count(*) FROM {table}") == [(0,)], table
+        assert await rows(store, f"SELECT count(*) FROM {table}") == [(0,)], table
     assert await store.reads.search(["hero"], limit=5, offset=0) == (
         await store.reads.search([], limit=5, offset=0)
     )
@@ -192,7 +186,7 @@ async def fill_cache(store: Store) -> None:
 
 
 async def cached_keys(store: Store) -> set[str]:
-    keys = rows(store.path, "SELECT cache_key FROM cache")
+    keys = await rows(store, "SELECT cache_key FROM cache")
     return {key for (key,) in keys}
 
 
@@ -210,7 +204,7 @@ async def test_a_change_invalidates_what_holds_it_or_matches_it(store: Store) ->
     assert set(result.forgotten) == gone
     assert await cached_keys(store) == before - gone
     # Tags went with their entries.
-    assert rows(store.path, "SELECT count(*) FROM cache_characters WHERE marvel_id = 1") == [(0,)]
+    assert await rows(store, "SELECT count(*) FROM cache_characters WHERE marvel_id = 1") == [(0,)]
 
 
 async def test_a_new_modified_invalidates_the_date_filtered_queries(store: Store) -> None:
@@ -246,12 +240,12 @@ async def test_identical_data_invalidates_nothing(store: Store) -> None:
 # --- the read-through path -----------------------------------------------------------------------
 
 
-async def test_read_through_goes_through_the_diff(store: Store, db_path: Path) -> None:
+async def test_read_through_goes_through_the_diff(store: Store) -> None:
     key = list_key(name_starts_with="spider")
     other = list_key()
     assert await store.cache.put(key, page(character(1)), now=T0, expires_at=T0 + TTL) == ()
     assert await store.cache.put(other, page(character(1)), now=T0, expires_at=T0 + TTL) == ()
-    assert [e[1:4] for e in events(db_path)] == [
+    assert [e[1:4] for e in (await events(store))] == [
         ("character-1", CHARACTER_ADDED, f"read-through:{key}")
     ]
     changed = character(1, description="changed")
@@ -259,7 +253,7 @@ async def test_read_through_goes_through_the_diff(store: Store, db_path: Path) -
     # character goes, and the caller learns its key.
     assert await store.cache.put(key, page(changed), now=T0, expires_at=T0 + TTL) == (other,)
     assert await cached_keys(store) == {key}
-    assert [e[2] for e in events(db_path)] == [CHARACTER_ADDED, CHARACTER_UPDATED]
+    assert [e[2] for e in (await events(store))] == [CHARACTER_ADDED, CHARACTER_UPDATED]
     assert await store.reads.get(1) == changed
 
 
@@ -280,9 +274,9 @@ async def test_read_through_additions_match_queries_once_the_first_sync_is_done(
     assert set(forgotten) == {list_key(), list_key(name_starts_with="spider")}
 
 
-async def test_direct_upserts_record_events_too(store: Store, db_path: Path) -> None:
+async def test_direct_upserts_record_events_too(store: Store) -> None:
     assert await store.characters.upsert_many([character(1)], T0) == 1
-    assert [e[3] for e in events(db_path)] == ["direct"]
+    assert [e[3] for e in (await events(store))] == ["direct"]
 
 
 # --- local search --------------------------------------------------------------------------------
@@ -361,6 +355,7 @@ async def test_a_delivery_is_recorded_once_and_pending_until_applied(store: Stor
 async def test_migration_2_gives_older_characters_their_events_and_read_rows(
     db_path: Path,
 ) -> None:
+    # SQLite's migration 2 (PostgreSQL starts at the schema it led to).
     old = character(7, name="Old Timer", description="stored before the event log")
     placeholder = Character.from_json(
         {**character(8).to_json(), "modified": "-0001-11-30T00:00:00-0500"}
@@ -387,24 +382,21 @@ async def test_migration_2_gives_older_characters_their_events_and_read_rows(
             [character(7, name="Old Timer")], provenance=POLL, now=T0
         )
         assert result.updated == 1
-    assert rows(db_path, "SELECT correlation_id, type, occurred_at FROM events ORDER BY seq") == [
+    assert file_rows(
+        db_path, "SELECT correlation_id, type, occurred_at FROM events ORDER BY seq"
+    ) == [
         ("migration:2", CHARACTER_ADDED, "2014-04-29T18:18:17.000000+00:00"),
         ("migration:2", CHARACTER_ADDED, T0.isoformat()),
         ("poll:run-1", CHARACTER_UPDATED, "2014-04-29T18:18:17.000000+00:00"),
     ]
-    assert rows(db_path, "SELECT marvel_id, modified_at FROM character_reads ORDER BY 1") == [
+    assert file_rows(db_path, "SELECT marvel_id, modified_at FROM character_reads ORDER BY 1") == [
         (7, "2014-04-29T18:18:17.000000+00:00"),
         (8, None),
     ]
 
 
 async def test_storage_errors_name_the_failure(store: Store) -> None:
-    def break_events(conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "CREATE TRIGGER no_events BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'no'); END"
-        )
-
-    await store._db.write(break_events)
+    await refuse_inserts(store, "events", "no")
     with pytest.raises(StorageError, match="no"):
         await store.changes.apply([character(1)], provenance=POLL, now=T0)
     assert await store.characters.get(1) is None

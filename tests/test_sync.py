@@ -46,7 +46,9 @@ WEBHOOK_PATH = "/v1/webhooks/marvel"
 
 async def make_admin(m: Running, email: str = "admin@example.com") -> dict[str, str]:
     auth = await register_and_login(m, email)
-    async with Store.open(m.settings.database.path) as store:
+    db = m.settings.database
+    opened = Store.connect(path=db.path, url=db.url, password=m.settings.secrets.database_password)
+    async with opened as store:
         assert (await store.users.set_role(email, "admin", datetime.now(UTC))).role == "admin"
     return auth
 

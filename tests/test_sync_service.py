@@ -10,12 +10,10 @@ observable conditions under ``trio.fail_after``.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager, closing
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +33,7 @@ from marveld.storage import Store
 from marveld.storage.sync_state import BOOTSTRAP, POLL_CHECKPOINT
 from marveld.upstream import MarvelClient, RetryPolicy
 from tests.conftest import PRIVATE_KEY, PUBLIC_KEY, RECORDED_SLICE
+from tests.stores import rows
 from tests.test_sim import RECORDED
 from tests.waiting import wait_until
 
@@ -57,24 +56,23 @@ class Rig:
     metrics: Metrics
     forgotten: list[str] = field(default_factory=list)
 
-    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        with closing(sqlite3.connect(self.store.path)) as conn:
-            return [tuple(row) for row in conn.execute(sql, params)]
+    async def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        return await rows(self.store, sql, *params)
 
-    def count(self, table: str) -> int:
-        return int(self.rows(f"SELECT count(*) FROM {table}")[0][0])
+    async def count(self, table: str) -> int:
+        return int((await self.rows(f"SELECT count(*) FROM {table}"))[0][0])
 
 
 @asynccontextmanager
 async def rig(
-    nursery: trio.Nursery, tmp_path: Path, *, page_size: int = 100, **sim_options: Any
+    nursery: trio.Nursery, store: Store, *, page_size: int = 100, **sim_options: Any
 ) -> AsyncIterator[Rig]:
+    """The services on ``store`` (the ``store`` fixture: each backend in turn)."""
     settings: dict[str, Any] = {"dataset": RECORDED_SLICE, **sim_options}
     options = SimOptions(public_key=PUBLIC_KEY, private_key=PRIVATE_KEY, **settings)
     sim: SimHandle = await nursery.start(run_sim, options)
     metrics = Metrics()
     async with (
-        Store.open(tmp_path / "marveld.db") as store,
         MarvelClient.open(
             base_url=sim.url, public_key=PUBLIC_KEY, private_key=PRIVATE_KEY, retry=FAST_RETRY
         ) as marvel,
@@ -95,15 +93,20 @@ async def rig(
 
 
 async def test_bootstrap_imports_everything_as_one_bulk_run(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, store: Store
 ) -> None:
-    async with rig(nursery, tmp_path, page_size=15) as r:
+    async with rig(nursery, store, page_size=15) as r:
         assert not await r.sync.first_sync_done()
         report = await r.sync.run_once()
         assert (report.kind, report.pages, report.calls, report.added) == ("bootstrap", 3, 3, 40)
         assert await r.sync.first_sync_done()
-        assert r.count("characters") == r.count("character_reads") == r.count("events") == 40
-        correlations = r.rows("SELECT DISTINCT correlation_id, type FROM events")
+        assert (
+            await r.count("characters")
+            == await r.count("character_reads")
+            == await r.count("events")
+            == 40
+        )
+        correlations = await r.rows("SELECT DISTINCT correlation_id, type FROM events")
         assert correlations == [(f"bootstrap:{report.run_id}", CHARACTER_ADDED)]
         state = await r.store.sync_state.get(BOOTSTRAP)
         assert state["bulk"] is True
@@ -120,31 +123,31 @@ async def test_bootstrap_imports_everything_as_one_bulk_run(
         assert 'marveld_events_appended_total{type="CharacterAdded"} 40.0' in exposition
 
 
-async def test_the_same_sync_again_adds_no_events(nursery: trio.Nursery, tmp_path: Path) -> None:
-    async with rig(nursery, tmp_path) as r:
+async def test_the_same_sync_again_adds_no_events(nursery: trio.Nursery, store: Store) -> None:
+    async with rig(nursery, store) as r:
         await r.sync.run_once()
         await r.store.sync_state.put({BOOTSTRAP: None}, utc_now())  # forget it completed
         again = await r.sync.run_once()
         assert again.kind == "bootstrap"
         assert (again.added, again.updated) == (0, 0)
-        assert r.count("events") == 40
+        assert await r.count("events") == 40
 
 
-async def test_a_bootstrap_resumes_at_its_page(nursery: trio.Nursery, tmp_path: Path) -> None:
-    async with rig(nursery, tmp_path, page_size=15) as r:
+async def test_a_bootstrap_resumes_at_its_page(nursery: trio.Nursery, store: Store) -> None:
+    async with rig(nursery, store, page_size=15) as r:
         saved = {"run_id": "run-a", "next_offset": 30, "started_at": "2026-01-01T00:00:00+00:00"}
         await r.store.sync_state.put({BOOTSTRAP: saved}, utc_now())
         report = await r.sync.run_once()
         # One call at offset 30 (10 characters); the 30 before it, which this made-up
         # state says were imported, are not stored, so a second pass (3 calls) adds them.
         assert (report.run_id, report.calls, report.added) == ("run-a", 4, 40)
-        assert r.count("characters") == 40
+        assert await r.count("characters") == 40
 
 
 async def test_bootstrap_records_changes_seen_by_read_through_as_updates(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, store: Store
 ) -> None:
-    async with rig(nursery, tmp_path) as r:
+    async with rig(nursery, store) as r:
         key = CharacterQuery.parse(name_starts_with="spider-man").cache_key()
         page = await r.marvel.list_characters({"nameStartsWith": "Spider-Man"})
         assert page is not None
@@ -159,9 +162,9 @@ async def test_bootstrap_records_changes_seen_by_read_through_as_updates(
 
 
 async def test_an_unchanged_poll_is_one_call_then_a_304(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, store: Store
 ) -> None:
-    async with rig(nursery, tmp_path) as r:
+    async with rig(nursery, store) as r:
         await r.sync.run_once()
         served = r.sim.state.served
         first = await r.sync.run_once()
@@ -171,11 +174,11 @@ async def test_an_unchanged_poll_is_one_call_then_a_304(
         assert (second.calls, second.pages, second.not_modified) == (1, 0, True)
         assert second.outcome == "not_modified"
         assert r.sim.state.served == served + 2
-        assert r.count("events") == 40
+        assert await r.count("events") == 40
 
 
-async def test_a_poll_picks_up_changes_and_additions(nursery: trio.Nursery, tmp_path: Path) -> None:
-    async with rig(nursery, tmp_path) as r:
+async def test_a_poll_picks_up_changes_and_additions(nursery: trio.Nursery, store: Store) -> None:
+    async with rig(nursery, store) as r:
         await r.sync.run_once()
         spiders = await r.marvel.list_characters({"nameStartsWith": "Spider", "limit": "1"})
         assert spiders is not None
@@ -185,7 +188,9 @@ async def test_a_poll_picks_up_changes_and_additions(nursery: trio.Nursery, tmp_
         added = r.sim.editor.add({"name": "Spider-Hamster"}, notify=False)
         report = await r.sync.run_once()
         assert (report.kind, report.added, report.updated, report.calls) == ("poll", 1, 1, 1)
-        kinds = r.rows("SELECT type, stream_id FROM events WHERE correlation_id LIKE 'poll:%'")
+        kinds = await r.rows(
+            "SELECT type, stream_id FROM events WHERE correlation_id LIKE 'poll:%'"
+        )
         assert sorted(kinds) == [
             (CHARACTER_ADDED, f"character-{added['id']}"),
             (CHARACTER_UPDATED, f"character-{SPIDER_MAN}"),
@@ -199,9 +204,9 @@ async def test_a_poll_picks_up_changes_and_additions(nursery: trio.Nursery, tmp_
 
 
 async def test_a_poll_pages_by_keyset_and_a_failure_loses_no_place(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, store: Store
 ) -> None:
-    async with rig(nursery, tmp_path, page_size=5, latency_ms=150) as r:
+    async with rig(nursery, store, page_size=5, latency_ms=150) as r:
         await r.sync.run_once()
         ids = [c["id"] for c in json.loads(RECORDED_SLICE.read_text())][:12]
         for n, marvel_id in enumerate(ids):
@@ -222,38 +227,44 @@ async def test_a_poll_pages_by_keyset_and_a_failure_loses_no_place(
         assert failed
         updated = "SELECT count(*) FROM events WHERE type = 'CharacterUpdated'"
         # The first page (the newest character seen, unchanged, and 4 changes) is kept.
-        assert r.rows(updated) == [(4,)]
+        assert await r.rows(updated) == [(4,)]
         r.sim.state.fail_rate = 0.0
         rest = await r.sync.run_once()
         assert rest.updated == 8
-        assert r.rows(updated) == [(12,)]
+        assert await r.rows(updated) == [(12,)]
         streams = "SELECT count(DISTINCT stream_id) FROM events WHERE type = 'CharacterUpdated'"
-        assert r.rows(streams) == [(12,)]
+        assert await r.rows(streams) == [(12,)]
         exposition = r.metrics.exposition()[0].decode()
         assert 'marveld_sync_runs_total{kind="poll",outcome="failed"} 1.0' in exposition
 
 
 async def test_a_change_mid_poll_to_a_character_counted_in_the_offset_loses_no_other(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, store: Store
 ) -> None:
     # 12 changes in one second: the poll pages them by offset within that second. One of
     # the first page's changes again before the second page, leaving that second: the
     # offset (4) now skips one never seen. It must still be stored after the next poll.
-    async with rig(nursery, tmp_path, page_size=5, latency_ms=300) as r:
+    async with rig(nursery, store, page_size=5, latency_ms=300) as r:
         await r.sync.run_once()
         second = utc_now().replace(microsecond=0)
         r.sim.state.clock = lambda: second
         ids = [c["id"] for c in json.loads(RECORDED_SLICE.read_text())][:12]
         for n, marvel_id in enumerate(ids):
             r.sim.editor.update(marvel_id, {"description": f"change {n}"}, notify=False)
-        updated = "SELECT json_extract(data, '$.marvel_id') FROM events WHERE type = ?"
+
+        async def updated() -> list[int]:
+            streams = await r.rows("SELECT stream_id FROM events WHERE type = ?", CHARACTER_UPDATED)
+            return [int(stream.removeprefix("character-")) for (stream,) in streams]
+
+        async def four_updated() -> bool:
+            return len(await updated()) == 4
 
         async with trio.open_nursery() as inner:
             inner.start_soon(r.sync.run_once)
             # The first page: the newest character seen before (unchanged) and 4 changes.
-            await wait_until(lambda: len(r.rows(updated, CHARACTER_UPDATED)) == 4)
+            await wait_until(four_updated)
             r.sim.state.clock = lambda: second + timedelta(seconds=1)
-            r.sim.editor.update(r.rows(updated, CHARACTER_UPDATED)[0][0], {"description": "again"})
+            r.sim.editor.update((await updated())[0], {"description": "again"})
         await r.sync.run_once()
         upstream = {i: r.sim.state.catalogue.get(i) for i in ids}
         for marvel_id, entry in upstream.items():
@@ -264,9 +275,9 @@ async def test_a_change_mid_poll_to_a_character_counted_in_the_offset_loses_no_o
 
 
 async def test_the_poller_retries_with_backoff_until_the_first_sync_is_done(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, store: Store
 ) -> None:
-    async with rig(nursery, tmp_path, fail_rate=1.0) as r:
+    async with rig(nursery, store, fail_rate=1.0) as r:
         poller = Poller(r.sync, utc_now, interval=3600, retry_initial=0.01, retry_max=0.02)
         async with trio.open_nursery() as inner:
             await inner.start(poller.run)
@@ -275,7 +286,7 @@ async def test_the_poller_retries_with_backoff_until_the_first_sync_is_done(
             r.sim.state.fail_rate = 0.0
             await wait_until(r.sync.first_sync_done, what="the first sync")
             inner.cancel_scope.cancel()
-        assert r.count("characters") == 40
+        assert await r.count("characters") == 40
 
 
 # --- webhooks ------------------------------------------------------------------------------------
@@ -287,9 +298,9 @@ def signed(payload: dict[str, Any], *, at: datetime | None = None) -> tuple[byte
 
 
 async def test_a_delivery_is_applied_once_by_the_worker(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, store: Store
 ) -> None:
-    async with rig(nursery, tmp_path) as r, trio.open_nursery() as worker:
+    async with rig(nursery, store) as r, trio.open_nursery() as worker:
         await r.sync.run_once()
         await worker.start(r.webhooks.run)
         r.sim.editor.update(SPIDER_MAN, {"description": "hooked"}, notify=False)
@@ -297,11 +308,13 @@ async def test_a_delivery_is_applied_once_by_the_worker(
         receipt = await r.webhooks.receive(body, header)
         assert not receipt.duplicate
         assert (await r.webhooks.receive(body, header)).duplicate
-        await wait_until(
-            lambda: not r.rows("SELECT 1 FROM webhook_deliveries WHERE applied_at IS NULL")
-        )
+
+        async def all_applied() -> bool:
+            return not await r.rows("SELECT 1 FROM webhook_deliveries WHERE applied_at IS NULL")
+
+        await wait_until(all_applied)
         worker.cancel_scope.cancel()
-        events = r.rows(
+        events = await r.rows(
             "SELECT type, correlation_id FROM events WHERE correlation_id LIKE 'webhook:%'"
         )
         assert events == [(CHARACTER_UPDATED, f"webhook:{receipt.delivery_id}")]
@@ -309,22 +322,26 @@ async def test_a_delivery_is_applied_once_by_the_worker(
 
 
 async def test_a_delivery_waits_out_an_upstream_failure(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, store: Store
 ) -> None:
-    async with rig(nursery, tmp_path) as r, trio.open_nursery() as worker:
+    async with rig(nursery, store) as r, trio.open_nursery() as worker:
         r.sim.state.fail_rate = 1.0
         await worker.start(r.webhooks.run)
         body, header = signed({"type": "character.added", "ids": [SPIDER_MAN]})
         await r.webhooks.receive(body, header)
         await wait_until(lambda: r.sim.state.failed >= 4, what="failed fetches")
-        assert r.count("events") == 0
+        assert await r.count("events") == 0
         r.sim.state.fail_rate = 0.0
-        await wait_until(lambda: r.count("events") == 1, what="the delivery applied")
+
+        async def applied() -> bool:
+            return await r.count("events") == 1
+
+        await wait_until(applied, what="the delivery applied")
         worker.cancel_scope.cancel()
 
 
-async def test_refused_deliveries_change_nothing(nursery: trio.Nursery, tmp_path: Path) -> None:
-    async with rig(nursery, tmp_path) as r:
+async def test_refused_deliveries_change_nothing(nursery: trio.Nursery, store: Store) -> None:
+    async with rig(nursery, store) as r:
         body, header = signed({"type": "character.added", "ids": [1]})
         with pytest.raises(SignatureRefused):
             await r.webhooks.receive(body, None)
@@ -333,7 +350,7 @@ async def test_refused_deliveries_change_nothing(nursery: trio.Nursery, tmp_path
         bad, bad_header = signed({"type": "nope", "ids": [1]})
         with pytest.raises(PayloadInvalid):
             await r.webhooks.receive(bad, bad_header)
-        assert r.count("webhook_deliveries") == 0
+        assert await r.count("webhook_deliveries") == 0
         unconfigured = WebhookService(r.store, r.marvel, r.sync, r.metrics, utc_now, None)
         with pytest.raises(WebhooksNotConfigured):
             await unconfigured.receive(body, header)
@@ -347,12 +364,17 @@ async def test_refused_deliveries_change_nothing(nursery: trio.Nursery, tmp_path
     not (RECORDED / "characters.json").is_file(),
     reason=f"full recorded Marvel data set not found at {RECORDED}",
 )
-async def test_bootstrap_of_the_full_recorded_set(nursery: trio.Nursery, tmp_path: Path) -> None:
-    async with rig(nursery, tmp_path, dataset=RECORDED / "characters.json") as r:
+async def test_bootstrap_of_the_full_recorded_set(nursery: trio.Nursery, store: Store) -> None:
+    async with rig(nursery, store, dataset=RECORDED / "characters.json") as r:
         report = await r.sync.run_once()
         assert (report.calls, report.added) == (16, 1561)
-        assert r.count("characters") == r.count("character_reads") == r.count("events") == 1561
-        assert r.rows("SELECT count(DISTINCT stream_id) FROM events") == [(1561,)]
+        assert (
+            await r.count("characters")
+            == await r.count("character_reads")
+            == await r.count("events")
+            == 1561
+        )
+        assert await r.rows("SELECT count(DISTINCT stream_id) FROM events") == [(1561,)]
         catalog = LocalCatalog(r.store, utc_now)
         found = await catalog.search(SearchQuery.parse("spider", 100, None))
         assert SPIDER_MAN in [c.id for c in found.characters]
@@ -361,19 +383,23 @@ async def test_bootstrap_of_the_full_recorded_set(nursery: trio.Nursery, tmp_pat
 
 
 async def test_a_change_during_the_bootstrap_shifts_no_character_past_it(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, store: Store
 ) -> None:
     """A character changed after its page was imported moves to the end of the upstream's
     ``orderBy=modified`` order; paging by offset would then skip the character that slid
     into its place (found by reliability/crash.py: characters missing for good, as no
     poll looks that far back)."""
-    async with rig(nursery, tmp_path, page_size=15, latency_ms=150) as r:
+    async with rig(nursery, store, page_size=15, latency_ms=150) as r:
         async with trio.open_nursery() as inner:
             inner.start_soon(r.sync.run_once)
-            await wait_until(lambda: r.count("characters") >= 15, what="the first page")
-            first_page = r.rows("SELECT marvel_id FROM characters ORDER BY marvel_id")
+
+            async def first_page_in() -> bool:
+                return await r.count("characters") >= 15
+
+            await wait_until(first_page_in, what="the first page")
+            first_page = await r.rows("SELECT marvel_id FROM characters ORDER BY marvel_id")
             for (marvel_id,) in first_page[:3]:
                 r.sim.editor.update(marvel_id, {"description": "changed"}, notify=False)
         await r.sync.run_once()  # the poll after it
-        assert r.count("characters") == 40
-        assert r.rows("SELECT count(DISTINCT stream_id) FROM events") == [(40,)]
+        assert await r.count("characters") == 40
+        assert await r.rows("SELECT count(DISTINCT stream_id) FROM events") == [(40,)]

@@ -78,6 +78,13 @@ class ShuttingDown(MarveldError):
         super().__init__("marveld is shutting down; retry shortly")
 
 
+class DatabaseUnavailable(MarveldError):
+    """The database cannot be reached (a PostgreSQL server down or failing over): not the
+    client's fault, and worth a retry shortly."""
+
+    retry_after = 5.0
+
+
 class CursorExpired(MarveldError):
     """A notification cursor older than retention: what followed it may be gone (re-list)."""
 

@@ -66,6 +66,12 @@ def status_for(exc: errors.MarveldError) -> GRPCError:
             return GRPCError(Status.FAILED_PRECONDITION, str(exc))
         case errors.ShuttingDown():
             return GRPCError(Status.UNAVAILABLE, str(exc))
+        case errors.DatabaseUnavailable():
+            return GRPCError(
+                Status.UNAVAILABLE,
+                f"the database is unavailable; retry in {exc.retry_after:g} s",
+                [wire.retry_info(exc.retry_after)],
+            )
         case errors.ResourceExhausted():
             return wire.rate_limited(str(exc), exc.retry_after)
         case errors.UpstreamRejected() if exc.is_credentials_problem:

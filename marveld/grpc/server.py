@@ -83,6 +83,10 @@ class GrpcFace:
         self._limits = limits or ConnectionLimits()
         self._services: list[Service] = []
         self._statuses: dict[str, ServiceStatus] = {}
+        # The database, in the server's overall status (""): a load balancer drains a
+        # replica that cannot reach it.
+        self._database = ServiceStatus()
+        self._database.set(True)
         self._before_close: list[Callable[[], Awaitable[None]]] = []
 
     def serve(self, *services: Service) -> None:
@@ -100,6 +104,10 @@ class GrpcFace:
         """Plain synchronous code: callable from trio (the asyncio loop runs in this thread)."""
         self._statuses[service].set(serving)
 
+    def set_database_serving(self, serving: bool) -> None:
+        """The overall status ("") follows the database: NOT_SERVING while it is away."""
+        self._database.set(serving)
+
     def _refused(self, path: str, status: Status) -> None:
         """A call answered before grpclib saw it (connections.py): counted like any other
         call of a method we serve (an unknown path would make label values unbounded)."""
@@ -111,7 +119,7 @@ class GrpcFace:
     def _server(self) -> grpclib.server.Server:
         names = [s.name for s in self._services]
         names += ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"]
-        checks: dict[Any, list[ServiceStatus]] = {OVERALL: []}
+        checks: dict[Any, list[ServiceStatus]] = {OVERALL: [self._database]}
         checks.update({s: [self._statuses[s.name]] for s in self._services})
         pool = _Descriptors()
         # HTTP/2 pings on connections with calls in flight (long streams included): a peer

@@ -168,10 +168,15 @@ class _StrictStream(StreamIterator[Any]):
 
 def rate_limited(message: str, retry_after: float) -> GRPCError:
     """RESOURCE_EXHAUSTED with a ``google.rpc.RetryInfo`` detail of ``retry_after`` seconds."""
+    return GRPCError(Status.RESOURCE_EXHAUSTED, message, [retry_info(retry_after)])
+
+
+def retry_info(retry_after: float) -> RetryInfo:
+    """A ``google.rpc.RetryInfo`` detail: come back in ``retry_after`` seconds."""
     seconds = max(0.0, retry_after)
     whole = math.floor(seconds)
     delay = Duration(seconds=whole, nanos=min(999_999_999, round((seconds - whole) * 1e9)))
-    return GRPCError(Status.RESOURCE_EXHAUSTED, message, [RetryInfo(retry_delay=delay)])
+    return RetryInfo(retry_delay=delay)
 
 
 def retry_after_seconds(error: GRPCError) -> int | None:

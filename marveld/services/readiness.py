@@ -60,3 +60,38 @@ class Readiness:
             for name, check in self._checks.items():
                 nursery.start_soon(run, name, check)
         return results
+
+
+WATCH_SECONDS = 2.0
+
+
+async def watch_database(
+    ping: Callable[[], Awaitable[object]],
+    on_change: Callable[[bool], None],
+    *,
+    interval: float = WATCH_SECONDS,
+    patience: float = CHECK_SECONDS,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Ping the database every ``interval`` until cancelled; ``on_change(False)`` (and one
+    WARNING) when a ping fails or takes over ``patience``, ``on_change(True)`` (and one
+    INFO) when it answers again: the gRPC health service follows, as ``/readyz`` does."""
+    reachable = True
+    task_status.started()
+    while True:
+        await trio.sleep(interval)
+        error: object = None
+        with trio.move_on_after(patience) as scope:
+            try:
+                await ping()
+            except Exception as exc:
+                error = exc
+        if scope.cancelled_caught:
+            error = f"no answer within {patience:g} s"
+        if (error is None) != reachable:
+            reachable = error is None
+            on_change(reachable)
+            if reachable:
+                log.info("the database answers again: serving")
+            else:
+                log.warning("the database is unreachable (%s): not serving", error)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from marveld.domain.errors import CannotStart, MarveldError
+from marveld.domain.errors import CannotStart, DatabaseUnavailable, MarveldError
 
 
 class StorageError(MarveldError):
     """The database failed (I/O, lock timeout, a closed store). Not the client's fault."""
+
+
+class Unreachable(StorageError, DatabaseUnavailable):
+    """The database server cannot be reached or dropped the connection; marveld reconnects
+    by itself, so the same call may succeed in a moment."""
 
 
 class CannotOpen(StorageError, CannotStart):

@@ -1,12 +1,18 @@
-"""The facade: one open database file and its repositories."""
+"""The facade: one open database and its repositories, on SQLite or PostgreSQL.
+
+``Store.open(path)`` opens the embedded SQLite file, ``Store.open_url(url)`` a PostgreSQL
+database. Both give the same repositories (same methods, same results, same errors), so
+nothing outside ``marveld/storage`` knows which backend runs.
+"""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from marveld.storage.cache import CacheRepo
 from marveld.storage.changes import ChangeRepo
@@ -18,11 +24,15 @@ from marveld.storage.sync_state import SyncStateRepo
 from marveld.storage.users import UserRepo
 from marveld.storage.webhooks import WebhookRepo
 
+if TYPE_CHECKING:  # psycopg is an optional extra: imported only by open_url
+    from marveld.storage.postgres.database import PgDatabase
+
 log = logging.getLogger(__name__)
 
 
 class Store:
-    """An open database and its repositories. Build it with :meth:`open`."""
+    """An open database and its repositories. Build it with :meth:`open` (SQLite) or
+    :meth:`open_url` (PostgreSQL)."""
 
     users: UserRepo
     characters: CharacterRepo
@@ -33,16 +43,10 @@ class Store:
     webhooks: WebhookRepo
     notifications: NotificationRepo
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database | PgDatabase, repos: dict[str, Any]) -> None:
         self._db = db
-        self.users = UserRepo(db)
-        self.characters = CharacterRepo(db)
-        self.cache = CacheRepo(db)
-        self.changes = ChangeRepo(db)
-        self.reads = ReadRepo(db)
-        self.sync_state = SyncStateRepo(db)
-        self.webhooks = WebhookRepo(db)
-        self.notifications = NotificationRepo(db)
+        for name, repo in repos.items():
+            setattr(self, name, repo)
 
     @classmethod
     @asynccontextmanager
@@ -55,13 +59,65 @@ class Store:
         """
         db = await Database.open(Path(path), readers=readers)
         log.info("store %s open, schema version %d", db.path, db.schema_version)
+        repos = {
+            "users": UserRepo(db),
+            "characters": CharacterRepo(db),
+            "cache": CacheRepo(db),
+            "changes": ChangeRepo(db),
+            "reads": ReadRepo(db),
+            "sync_state": SyncStateRepo(db),
+            "webhooks": WebhookRepo(db),
+            "notifications": NotificationRepo(db),
+        }
         try:
-            yield cls(db)
+            yield cls(db, repos)
         finally:
             await db.close()
 
+    @classmethod
+    @asynccontextmanager
+    async def open_url(
+        cls, url: str, *, password: str | None = None, pool_size: int | None = None
+    ) -> AsyncIterator[Store]:
+        """Connect to the PostgreSQL database at ``url`` (a libpq URL; ``password`` if not
+        in it or libpq's environment) and migrate it under an advisory lock. Raises
+        ``CannotOpen`` naming the URL without its password, ``SchemaTooNew`` for a database
+        written by a newer marveld. The pool is closed on exit."""
+        from marveld.storage.postgres import repos as pg
+        from marveld.storage.postgres.database import DEFAULT_POOL_SIZE, PgDatabase
+
+        db = await PgDatabase.open(url, password=password, pool_size=pool_size or DEFAULT_POOL_SIZE)
+        log.info("store %s open, schema version %d", db.name, db.schema_version)
+        try:
+            yield cls(db, pg.repositories(db))
+        finally:
+            await db.close()
+
+    @classmethod
+    def connect(
+        cls,
+        *,
+        path: Path,
+        url: str | None = None,
+        password: str | None = None,
+        pool_size: int | None = None,
+    ) -> AbstractAsyncContextManager[Store]:
+        """PostgreSQL at ``url`` when given (:meth:`open_url`), else SQLite at ``path``
+        (:meth:`open`): what ``database.url`` and ``database.path`` say."""
+        if url is not None:
+            return cls.open_url(url, password=password, pool_size=pool_size)
+        return cls.open(path)
+
+    @property
+    def name(self) -> str:
+        """The database, for messages: the SQLite file, or the URL without its password."""
+        return str(self._db.path) if isinstance(self._db, Database) else self._db.name
+
     @property
     def path(self) -> Path:
+        """The SQLite file (SQLite only)."""
+        if not isinstance(self._db, Database):
+            raise AttributeError("a PostgreSQL store has no file path")
         return self._db.path
 
     @property
@@ -71,7 +127,7 @@ class Store:
     async def ping(self) -> None:
         """A trivial read, for readiness: raises StorageError when the database is unusable."""
 
-        def select(conn: sqlite3.Connection) -> None:
+        def select(conn: sqlite3.Connection | Any) -> None:
             conn.execute("SELECT 1").fetchone()
 
         await self._db.read(select)

@@ -68,6 +68,8 @@ def problem_for(exc: errors.MarveldError) -> Problem:
             return Problem(400, f"the Marvel API refused the query: {exc}")
         case errors.ShuttingDown():
             return _unavailable(str(exc), None)
+        case errors.DatabaseUnavailable():
+            return _unavailable("the database is unavailable; retry shortly", exc.retry_after)
         case errors.UpstreamError():
             retry_after = getattr(exc, "retry_after", None)
             return _unavailable(f"the Marvel API is unavailable: {exc}", retry_after)

@@ -23,7 +23,7 @@ import psycopg
 import trio
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from marveld.storage.errors import CannotOpen, StorageError
+from marveld.storage.errors import CannotOpen, StorageError, Unreachable
 from marveld.storage.postgres.schema import migrate
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ T = TypeVar("T")
 
 DEFAULT_POOL_SIZE = 8
 CONNECT_SECONDS = 10.0
+POOL_WAIT_SECONDS = 5.0
 
 
 def redacted(url: str) -> str:
@@ -59,8 +60,18 @@ def _open_pool(url: str, password: str | None, size: int, name: str) -> tuple[Co
     )
     with first as conn:
         version = migrate(conn, name=name)
+    # A call waits at most POOL_WAIT_SECONDS for a connection: past it the database is
+    # reported unavailable (UNAVAILABLE, 503) rather than the call hanging. Connections are
+    # checked as they leave the pool: one the server dropped is replaced, not handed out.
     pool = ConnectionPool(
-        url, kwargs=kwargs, min_size=1, max_size=size, open=False, name="marveld", timeout=30
+        url,
+        kwargs=kwargs,
+        min_size=1,
+        max_size=size,
+        open=False,
+        name="marveld",
+        timeout=POOL_WAIT_SECONDS,
+        check=ConnectionPool.check_connection,
     )
     try:
         pool.open(wait=True, timeout=CONNECT_SECONDS)
@@ -133,7 +144,9 @@ class PgDatabase:
         try:
             return await trio.to_thread.run_sync(run, limiter=self._limiter)
         except PoolTimeout as exc:
-            raise StorageError(f"database {self.name}: no connection: {exc}") from exc
+            raise Unreachable(f"database {self.name}: no connection: {exc}") from exc
+        except psycopg.OperationalError as exc:  # the server went away, or cannot be reached
+            raise Unreachable(f"database {self.name} is unreachable: {exc}") from exc
         except psycopg.Error as exc:
             raise StorageError(f"database {self.name} failed: {exc}") from exc
 

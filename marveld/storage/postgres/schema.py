@@ -10,7 +10,9 @@ translations:
   advisory lock :data:`EVENT_LOCK` first, so that sequence order is commit order (a
   reader following by cursor never sees seq 11 committed while 10 is still in flight);
 - a user's e-mail is unique by ``lower(email)`` (SQLite: ``COLLATE NOCASE``);
-- FTS5 becomes a generated ``tsvector`` column ('simple' configuration) with a GIN index;
+- FTS5 becomes a generated ``tsvector`` column with a GIN index, over the tokens SQLite's
+  unicode61 tokenizer makes of name and description (stored as ``text[]``: the ranking
+  counts them), not PostgreSQL's parser: both backends find and rank the same characters;
 - JSON arrays of ids that queries look into are ``bigint[]`` (SQLite: JSON text and
   ``json_each``); JSON documents that are only stored and returned stay text, byte for byte;
 - keys compared byte by byte (cache keys, names folded for prefix search) are
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 # Advisory lock keys (one 64-bit space per database): "mrvd" and two small numbers.
 MIGRATION_LOCK = 0x6D727664_0001
 EVENT_LOCK = 0x6D727664_0002
+NOTIFY_LOCK = 0x6D727664_0003  # the notification saga's step and sweep
 
 _V1: tuple[str, ...] = (
     # Accounts. Emails are unique whatever their case; rows are soft-deleted (deleted_at).
@@ -103,9 +106,12 @@ _V1: tuple[str, ...] = (
         image_url    text NOT NULL DEFAULT '',
         modified_at  timestamptz,
         data         text NOT NULL,
+        -- SQLite's unicode61 tokens of name and description (postgres/search.py), so that
+        -- search finds and ranks what SQLite's FTS5 does; search indexes their lexemes.
+        name_tokens         text[] NOT NULL DEFAULT '{}',
+        description_tokens  text[] NOT NULL DEFAULT '{}',
         search       tsvector GENERATED ALWAYS AS (
-            setweight(to_tsvector('simple', name), 'A')
-            || setweight(to_tsvector('simple', description), 'B')
+            array_to_tsvector(name_tokens || description_tokens)
         ) STORED
     )
     """,

@@ -1,0 +1,117 @@
+"""PostgreSQL going away while the daemon runs, and coming back: the daemon on its own
+throwaway server (tests/postgres.py), stopped (pg_ctl stop -m fast: every connection cut)
+and started again on the same port, with real gRPC and HTTP clients."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.health.v1.health_pb2 import HealthCheckResponse
+
+from marveld.proto.marvel import v1 as pb
+from marveld.sim import SimHandle
+from tests import postgres
+from tests.aio import grpc_client
+from tests.calls import PASSWORD, TIMEOUT, list_characters, register_and_login, status_of
+from tests.conftest import Clock, Running
+from tests.test_cache import health_of
+from tests.test_notifications import start
+from tests.waiting import wait_until
+
+SERVING = HealthCheckResponse.ServingStatus.SERVING
+NOT_SERVING = HealthCheckResponse.ServingStatus.NOT_SERVING
+
+
+@pytest.fixture
+def own_server(postgres_server: str) -> Iterator[postgres.Cluster]:
+    """A cluster of this test's own (the session's server is shared: not to be stopped)."""
+    if postgres.URL_VARIABLE in os.environ:
+        pytest.skip("needs a server of its own to stop: not with MARVELD_TEST_POSTGRES_URL")
+    folder = Path(tempfile.mkdtemp(prefix="marveld-pg-faults-"))
+    folder.chmod(0o755)  # the server's user (postgres, when we are root) goes through it
+    cluster = postgres.Cluster.start(folder / "cluster")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+async def daemon(
+    nursery: trio.Nursery,
+    sim: SimHandle,
+    tmp_path: Path,
+    clock: Clock,
+    own_server: postgres.Cluster,
+) -> AsyncIterator[Running]:
+    m: Running = await start(nursery, sim, tmp_path, clock, MARVELD_DATABASE_URL=own_server.url)
+    async with grpc_client(m.endpoints.grpc_port) as client:
+        m.client = client
+        yield m
+
+
+async def profile(m: Running, auth: dict[str, str]) -> pb.UserProfile:
+    async def go(channel: Channel) -> pb.UserProfile:
+        return await pb.UserServiceStub(channel).get_my_profile(
+            pb.GetMyProfileRequest(), metadata=auth, timeout=TIMEOUT
+        )
+
+    return await m.client.call(go)
+
+
+async def readyz(m: Running) -> int:
+    async with httpx.AsyncClient() as http:
+        return (await http.get(f"{m.http}/readyz", timeout=10)).status_code
+
+
+async def test_the_database_going_away_and_coming_back(
+    daemon: Running, own_server: postgres.Cluster
+) -> None:
+    m = daemon
+    auth = await register_and_login(m)
+    cached = await list_characters(m, auth, name_starts_with="Hulk", limit=3)
+    assert (await profile(m, auth)).email == "peter@example.com"
+    assert await health_of(m, "") == SERVING
+
+    await trio.to_thread.run_sync(own_server.stop)
+
+    # Memory-tier hits are still served (and a token checked moments ago: GetMyProfile);
+    # calls that need the database are UNAVAILABLE.
+    again = await list_characters(m, auth, name_starts_with="Hulk", limit=3)
+    assert again.cache_status is pb.CacheStatus.HIT
+    assert [c.id for c in again.characters] == [c.id for c in cached.characters]
+    error = await status_of(
+        m,
+        lambda ch: pb.AuthServiceStub(ch).register(  # a write: it needs the database
+            pb.RegisterRequest(name="Vision", email="vision@example.com", password=PASSWORD),
+            timeout=TIMEOUT,
+        ),
+    )
+    assert error.status is Status.UNAVAILABLE
+    assert "database is unavailable" in (error.message or "")
+
+    async def not_serving() -> bool:
+        return await health_of(m, "") == NOT_SERVING and await readyz(m) == 503
+
+    await wait_until(not_serving, seconds=15, what="health NOT_SERVING and /readyz 503")
+
+    await trio.to_thread.run_sync(own_server.restart)
+
+    async def serving() -> bool:
+        return await health_of(m, "") == SERVING and await readyz(m) == 200
+
+    await wait_until(serving, seconds=15, what="health SERVING and /readyz 200 again")
+    # Reconnected by itself; what was written before is there.
+    assert (await profile(m, auth)).email == "peter@example.com"
+    other = await register_and_login(m, "wanda@example.com")
+    assert (await profile(m, other)).email == "wanda@example.com"
