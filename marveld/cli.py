@@ -1,7 +1,8 @@
 """The ``marveld`` command: argument parsing, logging set-up, ``trio.run``.
 
 ``marveld serve`` runs the daemon, ``marveld sim`` the Marvel-compatible simulator,
-``marveld users grant-admin EMAIL`` makes an account an admin. In an IDE, run the module
+``marveld users grant-admin EMAIL`` makes an account an admin, ``marveld db copy`` moves a
+SQLite database to PostgreSQL. In an IDE, run the module
 ``marveld`` with the arguments ``serve --demo``.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import trio
 
 from marveld import __version__, client, daemon, malloc, systemd
-from marveld.config import ConfigError, Settings, load_settings
+from marveld.config import ConfigError, Settings, load_settings, parse_setting
 from marveld.correlation import CorrelationFilter, TextFormatter
 from marveld.descriptors import ensure_descriptors
 from marveld.domain.errors import CannotStart, InvalidArgument, NotFound
@@ -55,8 +56,53 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument(
         "--config", type=Path, default=None, help="settings file (default ./marveld.toml)"
     )
+    db = commands.add_parser("db", help="manage the database")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    copy = db_commands.add_parser(
+        "copy",
+        help="copy a SQLite database into an empty PostgreSQL one",
+        description=COPY_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    copy.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="the SQLite database file (database.path), opened read-only",
+    )
+    copy.add_argument(
+        "--to",
+        dest="target",
+        required=True,
+        metavar="URL",
+        help="the PostgreSQL database (a libpq URL, as database.url: no password in it)",
+    )
+    copy.add_argument(
+        "--config", type=Path, default=None, help="settings file (default ./marveld.toml)"
+    )
     client.add_arguments(commands.add_parser("client", help="call a running marveld over gRPC"))
     return parser
+
+
+COPY_DESCRIPTION = """\
+Copy the SQLite database at PATH into the empty PostgreSQL database at URL, in one
+transaction: users (password hashes, roles, deleted accounts), characters and their read
+rows, the event log with the same sequence numbers, notification subscriptions and
+notifications (their cursors unchanged), sync state (the notifier's position and the sync
+checkpoints) and webhook deliveries. The cache is not copied: it refills from the upstream.
+
+Stop marveld first. PATH is opened read-only and must be at this marveld's schema version
+(start this marveld on it once to migrate it). URL is migrated, then must hold no users,
+events or characters, else nothing is copied. The password is MARVELD_DATABASE_PASSWORD,
+its _FILE form or the systemd credential, as for marveld serve (or libpq's PGPASSFILE).
+After the copy, the row count of every table is checked against the source (a difference
+rolls it all back) and printed.
+
+Exit status: 0 copied; 1 refused or failed (nothing copied); 2 bad arguments or settings.
+Then set database.url = URL (and unset database.path) and start marveld.
+"""
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> None:
@@ -74,6 +120,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         sys.exit(_run_or_explain(lambda: run_sim(sim_options)))
     if args.command == "users":
         sys.exit(grant_admin(args.email, args.config, environ))
+    if args.command == "db":
+        sys.exit(copy_database(args.source, args.target, args.config, environ))
     try:
         settings = load_settings(args.config, environ, demo=args.demo)
     except ConfigError as exc:
@@ -157,6 +205,42 @@ def grant_admin(email: str, config: Path | None, env: Mapping[str, str]) -> int:
     except StorageError as exc:
         return fail(str(exc))
     print(f"{user.email} is now an admin")
+    return 0
+
+
+def copy_database(source: Path, target: str, config: Path | None, env: Mapping[str, str]) -> int:
+    """``marveld db copy``: the counts on stdout and exit status 0; or one line on stderr
+    and 1 (refused or failed: nothing copied), 2 (bad settings)."""
+
+    def fail(message: str, code: int = 1) -> int:
+        print(f"marveld db copy: {message}", file=sys.stderr)
+        return code
+
+    try:
+        # demo=True gives any missing secret a throwaway value: this command reads only
+        # the database password, which may be missing (libpq may find one itself).
+        settings = load_settings(config, env, demo=True)
+        url = parse_setting("database.url", target, "--to")
+    except ConfigError as exc:
+        return fail(f"configuration error: {exc}", 2)
+    if not isinstance(url, str):
+        return fail("configuration error: --to: expected a postgresql:// URL, got none", 2)
+    _setup_logging("warning")
+    try:
+        from marveld.storage.postgres.copy import copy_sqlite_to_postgres
+    except ImportError as exc:
+        return fail(f"PostgreSQL support is not installed ({exc}): pip install 'marveld[postgres]'")
+    password = settings.secrets.database_password
+    try:
+        copied = trio.run(partial(copy_sqlite_to_postgres, source, url, password=password))
+    except StorageError as exc:
+        return fail(str(exc))
+    print(f"copied {copied.source} to {copied.target}, in rows:")
+    width = max(len(name) for name, _, _ in copied.counts)
+    for name, before, after in copied.counts:
+        print(f"  {name:<{width}}  {before} → {after}")
+    print(f"not copied: {', '.join(copied.skipped)} (refills from the upstream)")
+    print(f"the next event gets seq {copied.next_seq}")
     return 0
 
 

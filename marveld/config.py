@@ -492,6 +492,13 @@ def _parse(s: Setting, raw: object, where: str) -> object:
     return value
 
 
+def parse_setting(name: str, raw: object, where: str) -> object:
+    """``raw`` read and checked as the setting ``name`` (``database.url``) reads its value,
+    for a command that takes one as an argument; ConfigError names ``where``."""
+    (spec,) = (s for s in SETTINGS if s.name == name)
+    return _parse(spec, raw, where)
+
+
 # --- loading -----------------------------------------------------------------------------------
 
 
