@@ -336,8 +336,16 @@ async def test_ordinary_clients_are_unaffected(daemon: Running) -> None:
     assert error.status is Status.UNIMPLEMENTED
 
 
-def somaxconn() -> int:
-    return int(Path("/proc/sys/net/core/somaxconn").read_text())
+ASYNCIO_BACKLOG = 100  # what loop.create_server listens with unless told
+
+
+def somaxconn() -> int | None:
+    """The kernel's cap on a listen backlog; None where /proc/sys is hidden (the unit's
+    ProcSubset=pid, as .ci/sandbox.py applies it)."""
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except FileNotFoundError:
+        return None
 
 
 def listen_backlog(port: int) -> int | None:
@@ -355,9 +363,12 @@ async def test_both_ports_queue_a_burst_of_connections(daemon: Running) -> None:
     """asyncio listens again on the socket it is given, with a backlog of 100 unless told:
     1,500 clients connecting at once (after a restart, say) overflowed the kernel's queue
     and one in three was reset. Both ports queue as many as the system allows."""
-    wanted = min(BACKLOG, somaxconn())
+    cap = somaxconn()
     for port in (daemon.endpoints.grpc_port, daemon.endpoints.http_port):
         backlog = listen_backlog(port)
         if backlog is None:
             pytest.skip("ss (iproute2) is not installed: the listen backlog cannot be read")
-        assert backlog == wanted, port
+        if cap is None:  # the kernel's cap unknown: at least more than asyncio's default
+            assert backlog > ASYNCIO_BACKLOG, port
+        else:
+            assert backlog == min(BACKLOG, cap), port
