@@ -94,6 +94,11 @@ class Running:
     client: AioClient
 
     @property
+    def tier(self) -> str:
+        """The database tier's metric label."""
+        return "sqlite" if self.settings.database.url is None else "postgresql"
+
+    @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.endpoints.http_port}"
 
@@ -147,12 +152,32 @@ async def running_daemon(
         yield Running(settings, endpoints, sim, client)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that use ``database`` run on SQLite, and on PostgreSQL too in modules (or for
+    tests) marked ``both_backends``: the service tests."""
+    if "database" in metafunc.fixturenames:
+        both = metafunc.definition.get_closest_marker("both_backends") is not None
+        backends = ["sqlite", "postgres"] if both else ["sqlite"]
+        metafunc.parametrize("database", backends, indirect=True)
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The settings (MARVELD_* variables) that choose a daemon's database: none for SQLite
+    (``daemon_env``'s temp file), a fresh PostgreSQL database (``postgres_url``) else."""
+    if request.param == "sqlite":
+        return {}
+    return {"MARVELD_DATABASE_URL": request.getfixturevalue("postgres_url")}
+
+
 @pytest.fixture
 async def marveld(
-    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock
+    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock, database: dict[str, str]
 ) -> AsyncIterator[Running]:
     """A running daemon in front of the simulator (cache TTL 60 s), and a client."""
-    async with running_daemon(nursery, sim, tmp_path, clock, MARVELD_CACHE_TTL="60s") as m:
+    async with running_daemon(
+        nursery, sim, tmp_path, clock, MARVELD_CACHE_TTL="60s", **database
+    ) as m:
         yield m
 
 

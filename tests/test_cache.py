@@ -6,10 +6,11 @@ holds, never by sleeping."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import trio
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -21,6 +22,9 @@ from marveld.proto.marvel import v1 as pb
 from marveld.sim import SimHandle
 from tests.calls import TIMEOUT, list_characters, register_and_login, status_of
 from tests.conftest import Clock, Running, running_daemon
+from tests.stores import open_store
+
+pytestmark = pytest.mark.both_backends  # the service tests run on SQLite and PostgreSQL
 
 HIT, MISS, STALE = pb.CacheStatus.HIT, pb.CacheStatus.MISS, pb.CacheStatus.STALE
 
@@ -82,14 +86,14 @@ async def test_stale_while_revalidate_serves_at_once_and_refreshes_once(
 
 
 async def test_stale_if_error_and_then_unavailable(
-    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock
+    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock, database: dict[str, str]
 ) -> None:
     env = {
         "MARVELD_CACHE_TTL": "60s",
         "MARVELD_CACHE_STALE_WHILE_REVALIDATE": "10s",
         "MARVELD_CACHE_STALE_IF_ERROR": "5m",
     }
-    async with running_daemon(nursery, sim, tmp_path, clock, **env) as m:
+    async with running_daemon(nursery, sim, tmp_path, clock, **env, **database) as m:
         auth = await register_and_login(m)
         first = await list_characters(m, auth, name_starts_with="Spider")
         clock.advance(60 + 30)  # past revalidation: the upstream is asked first
@@ -115,10 +119,10 @@ async def test_stale_if_error_and_then_unavailable(
 
 
 async def test_empty_answers_are_cached_briefly(
-    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock
+    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock, database: dict[str, str]
 ) -> None:
     env = {"MARVELD_CACHE_NEGATIVE_TTL": "5s", "MARVELD_CACHE_STALE_WHILE_REVALIDATE": "1s"}
-    async with running_daemon(nursery, sim, tmp_path, clock, **env) as m:
+    async with running_daemon(nursery, sim, tmp_path, clock, **env, **database) as m:
         auth = await register_and_login(m)
 
         async def get_unknown(channel: Channel) -> object:
@@ -159,14 +163,14 @@ async def test_concurrent_identical_misses_make_one_upstream_call(marveld: Runni
 
 
 async def test_the_sqlite_tier_survives_a_restart_and_warms_memory(
-    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock
+    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock, database: dict[str, str]
 ) -> None:
     seen: list[tuple[pb.CacheStatus, float, float]] = []
     for round_ in range(2):
         with trio.CancelScope() as scope:
             async with (
                 trio.open_nursery() as inner,
-                running_daemon(inner, sim, tmp_path, clock) as m,
+                running_daemon(inner, sim, tmp_path, clock, **database) as m,
             ):
                 auth = await register_and_login(m, f"round{round_}@example.com")
                 page = await list_characters(m, auth, name="Iron Man")
@@ -178,7 +182,7 @@ async def test_the_sqlite_tier_survives_a_restart_and_warms_memory(
                     (
                         page.cache_status,
                         counter(
-                            metrics, 'marveld_cache_requests_total{result="hit",tier="sqlite"}'
+                            metrics, f'marveld_cache_requests_total{{result="hit",tier="{m.tier}"}}'
                         ),
                         counter(
                             metrics, 'marveld_cache_requests_total{result="hit",tier="memory"}'
@@ -190,14 +194,14 @@ async def test_the_sqlite_tier_survives_a_restart_and_warms_memory(
 
 
 async def test_the_daily_budget_is_never_exceeded_and_survives_a_restart(
-    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock
+    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock, database: dict[str, str]
 ) -> None:
     env = {"MARVELD_UPSTREAM_DAILY_BUDGET": "4", "MARVELD_UPSTREAM_POLLER_RESERVE": "1"}
     for round_ in range(2):
         with trio.CancelScope() as scope:
             async with (
                 trio.open_nursery() as inner,
-                running_daemon(inner, sim, tmp_path, clock, **env) as m,
+                running_daemon(inner, sim, tmp_path, clock, **env, **database) as m,
             ):
                 auth = await register_and_login(m, f"budget{round_}@example.com")
                 outcomes = [await outcome(m, auth, offset + 10 * round_) for offset in range(5)]
@@ -237,10 +241,10 @@ async def health_of(m: Running, service: str) -> int:
 
 
 async def test_the_breaker_opens_fails_fast_flips_health_and_closes(
-    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock
+    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock, database: dict[str, str]
 ) -> None:
     env = {"MARVELD_UPSTREAM_BREAKER_FAILURES": "2", "MARVELD_UPSTREAM_BREAKER_COOLDOWN": "30s"}
-    async with running_daemon(nursery, sim, tmp_path, clock, **env) as m:
+    async with running_daemon(nursery, sim, tmp_path, clock, **env, **database) as m:
         auth = await register_and_login(m)
         service = "marvel.v1.CharacterService"
         assert await health_of(m, service) == HealthCheckResponse.SERVING
@@ -273,9 +277,9 @@ async def test_the_breaker_opens_fails_fast_flips_health_and_closes(
         assert counter(await m.metrics(), "marveld_upstream_breaker_open") == 0
 
 
-def make_admin(m: Running, email: str) -> None:
-    with sqlite3.connect(m.settings.database.path) as db:
-        db.execute("UPDATE users SET role = 'admin' WHERE email = ?", (email,))
+async def make_admin(m: Running, email: str) -> None:
+    async with open_store(m.settings) as store:
+        await store.users.set_role(email, "admin", datetime.now(UTC))
 
 
 async def purge(m: Running, auth: dict[str, str], **target: object) -> int:
@@ -291,7 +295,7 @@ async def purge(m: Running, auth: dict[str, str], **target: object) -> int:
 async def test_purge_needs_an_admin_and_drops_both_tiers(marveld: Running) -> None:
     user = await register_and_login(marveld, "user@example.com")
     admin = await register_and_login(marveld, "admin@example.com")
-    make_admin(marveld, "admin@example.com")
+    await make_admin(marveld, "admin@example.com")
     admin = await register_and_login_again(marveld, "admin@example.com")
 
     async def as_user(channel: Channel) -> object:

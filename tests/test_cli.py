@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -198,12 +198,16 @@ async def test_sigterm_stops_the_daemon_with_status_0(tmp_path: Path) -> None:
     assert "Traceback" not in rest
 
 
-def registered(tmp_path: Path, email: str) -> dict[str, str]:
-    """A database holding one user; the environment of a command that uses it."""
+def registered(tmp_path: Path, email: str, database: dict[str, str]) -> dict[str, str]:
+    """A database (``database``'s backend) holding one user; the environment of a command
+    that uses it."""
     env = daemon_env(tmp_path, "http://127.0.0.1:9/v1/public")
+    if database:
+        del env["MARVELD_DATABASE_PATH"]
+        env.update(database)
 
     async def create() -> None:
-        async with Store.open(Path(env["MARVELD_DATABASE_PATH"])) as store:
+        async with store_of(env) as store:
             await store.users.create(
                 name="Someone", email=email, password_hash="$argon2id$x", now=datetime.now(UTC)
             )
@@ -212,9 +216,14 @@ def registered(tmp_path: Path, email: str) -> dict[str, str]:
     return env
 
 
+def store_of(env: dict[str, str]) -> AbstractAsyncContextManager[Store]:
+    path = Path(env.get("MARVELD_DATABASE_PATH", ""))
+    return Store.connect(path=path, url=env.get("MARVELD_DATABASE_URL"))
+
+
 def role_of(env: dict[str, str], email: str) -> str:
     async def read() -> str:
-        async with Store.open(Path(env["MARVELD_DATABASE_PATH"])) as store:
+        async with store_of(env) as store:
             user = await store.users.by_email(email)
             assert user is not None
             return user.role
@@ -222,8 +231,11 @@ def role_of(env: dict[str, str], email: str) -> str:
     return trio.run(read)
 
 
-def test_grant_admin_makes_an_admin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    env = registered(tmp_path, "fury@example.com")
+@pytest.mark.both_backends
+def test_grant_admin_makes_an_admin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], database: dict[str, str]
+) -> None:
+    env = registered(tmp_path, "fury@example.com", database)
     config = tmp_path / "marveld.toml"
     config.touch()
     with pytest.raises(SystemExit) as info:
@@ -236,7 +248,7 @@ def test_grant_admin_makes_an_admin(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_grant_admin_needs_no_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    env = registered(tmp_path, "hill@example.com")
+    env = registered(tmp_path, "hill@example.com", {})
     for name in ("MARVEL_PUBLIC_KEY", "MARVEL_PRIVATE_KEY", "MARVELD_JWT_SECRET"):
         del env[name]
     config = tmp_path / "marveld.toml"
@@ -254,10 +266,15 @@ def test_grant_admin_needs_no_secrets(tmp_path: Path, capsys: pytest.CaptureFixt
         ("not an email", "'not an email' is not an email address"),
     ],
 )
+@pytest.mark.both_backends
 def test_grant_admin_refuses_with_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], email: str, expected: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    email: str,
+    expected: str,
+    database: dict[str, str],
 ) -> None:
-    env = registered(tmp_path, "coulson@example.com")
+    env = registered(tmp_path, "coulson@example.com", database)
     config = tmp_path / "marveld.toml"
     config.touch()
     err = run_main(["users", "grant-admin", email, "--config", str(config)], env, capsys)

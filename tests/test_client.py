@@ -23,6 +23,8 @@ from marveld.client import config_dir
 from tests.calls import PASSWORD, TIMEOUT
 from tests.conftest import Running
 
+pytestmark = pytest.mark.both_backends  # the service tests run on SQLite and PostgreSQL
+
 
 @dataclass
 class Result:

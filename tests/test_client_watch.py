@@ -13,6 +13,8 @@ from tests.conftest import Running
 from tests.test_client import Client
 from tests.test_notifications import HULK, change, notified
 
+pytestmark = pytest.mark.both_backends  # the service tests run on SQLite and PostgreSQL
+
 __all__ = ["notified"]  # the fixture, shared with the notification tests
 
 

@@ -21,6 +21,8 @@ from marveld.web.problems import problem_for
 from tests.calls import PASSWORD, TIMEOUT
 from tests.conftest import Clock, Running, running_daemon
 
+pytestmark = pytest.mark.both_backends  # the service tests run on SQLite and PostgreSQL
+
 PROBLEM = "application/problem+json"
 
 

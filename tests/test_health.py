@@ -19,6 +19,8 @@ from tests.calls import TIMEOUT, list_characters, register_and_login, status_of
 from tests.conftest import Clock, Running, running_daemon
 from tests.test_cache import health_of
 
+pytestmark = pytest.mark.both_backends  # the service tests run on SQLite and PostgreSQL
+
 SERVICE = "marvel.v1.CharacterService"
 
 
@@ -40,10 +42,10 @@ async def test_healthz_is_the_process_and_readyz_every_check(marveld: Running) -
 
 
 async def test_readyz_follows_the_grpc_health_of_the_character_service(
-    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock
+    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock, database: dict[str, str]
 ) -> None:
     env = {"MARVELD_UPSTREAM_BREAKER_FAILURES": "1", "MARVELD_UPSTREAM_BREAKER_COOLDOWN": "30s"}
-    async with running_daemon(nursery, sim, tmp_path, clock, **env) as m:
+    async with running_daemon(nursery, sim, tmp_path, clock, **env, **database) as m:
         auth = await register_and_login(m)
         sim.state.fail_rate = 1.0
 

@@ -9,6 +9,7 @@ observable conditions under ``trio.fail_after``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from tests.test_sync import (
 )
 from tests.waiting import wait_until
 
+pytestmark = pytest.mark.both_backends  # the service tests run on SQLite and PostgreSQL
+
 HULK = 1009351
 
 
@@ -57,6 +60,9 @@ async def list_notifications(
 
 
 def start(nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock, **env: str) -> Any:
+    """A daemon with ``env`` (the database's settings among them), the simulator's webhooks
+    wired to it."""
+
     async def go() -> Running:
         settings = make_settings(tmp_path, sim.url, MARVELD_WEBHOOK_SECRET=SECRET, **env)
         endpoints = await start_daemon(nursery, settings, clock)
@@ -69,7 +75,7 @@ def start(nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock, *
 
 @pytest.fixture
 async def notified(
-    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock
+    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock, database: dict[str, str]
 ) -> AsyncIterator[Running]:
     """A daemon with webhooks wired from the simulator, a first full sync done, fast
     heartbeats and small queues."""
@@ -78,6 +84,7 @@ async def notified(
         sim,
         tmp_path,
         clock,
+        **database,
         MARVELD_NOTIFICATIONS_HEARTBEAT="0.2s",
         MARVELD_NOTIFICATIONS_QUEUE_SIZE="64",
     )
@@ -94,7 +101,7 @@ async def test_the_bulk_import_notifies_nobody_and_a_change_reaches_both_channel
 ) -> None:
     m = notified
     auth = await register_and_login(m)
-    assert rows(m, "SELECT count(*) FROM notifications") == [(0,)]  # 40 added, no one told
+    assert await rows(m, "SELECT count(*) FROM notifications") == [(0,)]  # 40 added, no one told
     async with (
         grpc_stream(m.client, auth) as stream,
         websocket(m.endpoints.http_port, **{"Authorization": auth["authorization"]}) as ws,
@@ -120,9 +127,8 @@ async def test_the_bulk_import_notifies_nobody_and_a_change_reaches_both_channel
     assert polled.next_cursor == note.cursor
 
     async def sent() -> bool:
-        return rows(m, "SELECT sent_at IS NOT NULL FROM notifications WHERE id = ?", note.id) == [
-            (1,)
-        ]
+        sql = "SELECT sent_at IS NOT NULL FROM notifications WHERE id = ?"
+        return await rows(m, sql, note.id) == [(True,)]
 
     await wait_until(sent, what="sent_at recorded")
 
@@ -207,13 +213,14 @@ async def test_missing_tokens_are_refused(notified: Running) -> None:
 
 @pytest.fixture
 async def short_retention(
-    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock
+    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock, database: dict[str, str]
 ) -> AsyncIterator[Running]:
     m: Running = await start(
         nursery,
         sim,
         tmp_path,
         clock,
+        **database,
         MARVELD_NOTIFICATIONS_RETENTION="1h",
         MARVELD_NOTIFICATIONS_HEARTBEAT="0.2s",
         MARVELD_NOTIFICATIONS_SWEEP_INTERVAL="0.05s",
@@ -232,10 +239,17 @@ async def test_a_cursor_older_than_retention_is_failed_precondition(
     m = short_retention
     auth = await register_and_login(m)
     await change(m, SPIDER_MAN, "Soon past retention.")
-    await wait_until(lambda: len(rows(m, "SELECT cursor FROM notifications")) == 2)
-    cursor = rows(m, "SELECT cursor FROM notifications")[0][0]
+
+    async def cursors() -> list[int]:
+        return [cursor for (cursor,) in await rows(m, "SELECT cursor FROM notifications")]
+
+    async def count(wanted: int) -> bool:
+        return len(await cursors()) == wanted
+
+    await wait_until(partial(count, 2), what="2 notifications")
+    cursor = min(await cursors())
     clock.advance(2 * 3600)
-    await wait_until(lambda: rows(m, "SELECT count(*) FROM notifications") == [(0,)])
+    await wait_until(partial(count, 0), what="the notifications swept")
     async with grpc_stream(m.client, auth, after_cursor=cursor - 1) as stream:
         error = await stream.ended()
     assert isinstance(error, GRPCError)

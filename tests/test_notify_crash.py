@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -48,16 +49,20 @@ async def healthy(http_port: int) -> bool:
 
 @asynccontextmanager
 async def daemon_process(
-    tmp_path: Path, sim: SimHandle, run: int, *, kill: bool
+    tmp_path: Path, sim: SimHandle, run: int, *, kill: bool, database: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[Running, trio.Process]]:
-    """``marveld serve`` in a subprocess with a client; SIGKILLed (``kill``) or SIGTERMed."""
+    """``marveld serve`` in a subprocess with a client; SIGKILLed (``kill``) or SIGTERMed.
+    Its database is SQLite in ``tmp_path``, or what ``database`` (the fixture) says."""
     overrides = {
         "MARVELD_GRPC_LISTEN": f"127.0.0.1:{free_port()}",
         "MARVELD_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
         "MARVELD_NOTIFICATIONS_HEARTBEAT": "0.2s",
+        **(database or {}),
     }
     settings = make_settings(tmp_path, sim.url, **overrides)
     env = {**os.environ, **daemon_env(tmp_path, sim.url), **overrides}
+    if database:
+        del env["MARVELD_DATABASE_PATH"]
     config = tmp_path / "marveld.toml"
     config.touch()
     with (tmp_path / f"daemon-{run}.log").open("wb") as log:
@@ -93,10 +98,11 @@ async def daemon_process(
         assert proc.returncode == 0, (tmp_path / f"daemon-{run}.log").read_text()
 
 
+@pytest.mark.both_backends
 async def test_a_daemon_killed_between_the_events_and_their_delivery_loses_nothing(
-    sim: SimHandle, tmp_path: Path
+    sim: SimHandle, tmp_path: Path, database: dict[str, str]
 ) -> None:
-    async with daemon_process(tmp_path, sim, 1, kill=True) as (m, _):
+    async with daemon_process(tmp_path, sim, 1, kill=True, database=database) as (m, _):
         admin = await make_admin(m)
         await trigger_sync(m, admin)  # the bulk import: no notifications
         auth = await register_and_login(m)
@@ -111,13 +117,14 @@ async def test_a_daemon_killed_between_the_events_and_their_delivery_loses_nothi
         for marvel_id, text in zip((HULK, SPIDER_MAN, CAPTAIN_AMERICA), texts, strict=True):
             await change(m, marvel_id, text, webhook=False)
         await trigger_sync(m, admin)  # the events are committed when this returns
-        events = rows(m, "SELECT max(seq) FROM events")[0][0]
+        ((events,),) = await rows(m, "SELECT max(seq) FROM events")
         assert events > first.cursor
         # ...and the process is SIGKILLed now, leaving the context.
     written = "SELECT count(DISTINCT event_seq) FROM notifications WHERE cursor > ?"
-    assert rows(m, written, first.cursor)[0][0] in range(4)  # the saga, wherever it was
+    ((delivered,),) = await rows(m, written, first.cursor)
+    assert delivered in range(4)  # the saga, wherever it was
 
-    async with daemon_process(tmp_path, sim, 2, kill=False) as (m, _):
+    async with daemon_process(tmp_path, sim, 2, kill=False, database=database) as (m, _):
         async with grpc_stream(m.client, auth, after_cursor=first.cursor) as stream:
             resumed = [await stream.next(seconds=10) for _ in range(3)]
             # Nothing more: the next thing on the stream is a heartbeat.
@@ -130,7 +137,8 @@ async def test_a_daemon_killed_between_the_events_and_their_delivery_loses_nothi
     assert [n.id for n in polled.notifications] == [n.id for n in resumed]
     assert polled.next_cursor == resumed[-1].cursor
     once = "SELECT count(*), count(DISTINCT recipient_id || ':' || event_seq) FROM notifications"
-    assert rows(m, once)[0][0] == rows(m, once)[0][1]
+    ((notifications, distinct),) = await rows(m, once)
+    assert notifications == distinct
 
 
 async def test_a_stream_ends_with_its_cursor_at_shutdown_and_resumes_after_a_restart(

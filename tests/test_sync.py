@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator
-from contextlib import closing
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -33,11 +31,13 @@ from marveld import cli
 from marveld.domain.webhooks import SIGNATURE_HEADER, signature_header
 from marveld.proto.marvel import v1 as pb
 from marveld.sim import SimHandle
-from marveld.storage import Store
 from tests.aio import grpc_client
 from tests.calls import TIMEOUT, list_characters, register_and_login, status_of
 from tests.conftest import Clock, Running, make_settings, start_daemon
+from tests.stores import open_store, rows_of
 from tests.waiting import wait_until
+
+pytestmark = pytest.mark.both_backends  # the service tests run on SQLite and PostgreSQL
 
 SPIDER_MAN = 1009610
 SECRET = "daemon-webhook-secret"
@@ -46,9 +46,7 @@ WEBHOOK_PATH = "/v1/webhooks/marvel"
 
 async def make_admin(m: Running, email: str = "admin@example.com") -> dict[str, str]:
     auth = await register_and_login(m, email)
-    db = m.settings.database
-    opened = Store.connect(path=db.path, url=db.url, password=m.settings.secrets.database_password)
-    async with opened as store:
+    async with open_store(m.settings) as store:
         assert (await store.users.set_role(email, "admin", datetime.now(UTC))).role == "admin"
     return auth
 
@@ -80,9 +78,9 @@ async def search(m: Running, auth: dict[str, str], text: str, **fields: Any) -> 
     return await m.client.call(go)
 
 
-def rows(m: Running, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(m.settings.database.path)) as conn:
-        return [tuple(row) for row in conn.execute(sql, params)]
+async def rows(m: Running, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` in the daemon's database (either backend; ``?`` placeholders)."""
+    return await rows_of(m.settings, sql, *params)
 
 
 async def sim_post(sim: SimHandle, path: str, body: dict[str, Any], **params: str) -> Any:
@@ -106,10 +104,10 @@ def signed(body: bytes, *, secret: str = SECRET, at: float | None = None) -> dic
 
 @pytest.fixture
 async def hooked(
-    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock
+    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock, database: dict[str, str]
 ) -> AsyncIterator[Running]:
     """A daemon with a webhook secret, the simulator sending its webhooks to it."""
-    settings = make_settings(tmp_path, sim.url, MARVELD_WEBHOOK_SECRET=SECRET)
+    settings = make_settings(tmp_path, sim.url, MARVELD_WEBHOOK_SECRET=SECRET, **database)
     endpoints = await start_daemon(nursery, settings, clock)
     sim.state.webhook_secret = SECRET
     sim.state.webhook_url = f"http://127.0.0.1:{endpoints.http_port}{WEBHOOK_PATH}"
@@ -147,7 +145,7 @@ async def test_a_webhook_change_shows_in_get_and_in_a_cached_list_within_a_secon
 
     await wait_until(visible, seconds=1.0, what="the change in GetCharacter and the list")
     hooked_events = "SELECT type FROM events WHERE correlation_id LIKE 'webhook:%'"
-    assert rows(hooked, hooked_events) == [("CharacterUpdated",)]
+    assert await rows(hooked, hooked_events) == [("CharacterUpdated",)]
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(f"{hooked.http}/metrics")).text
     assert 'marveld_webhook_deliveries_total{outcome="accepted"} 1.0' in metrics
@@ -184,7 +182,7 @@ async def test_a_change_without_webhook_is_picked_up_by_the_next_poll(
     assert (unchanged.updated, unchanged.upstream_calls, unchanged.not_modified) == (0, 1, False)
     not_modified = await trigger_sync(hooked, admin)
     assert (not_modified.upstream_calls, not_modified.not_modified) == (1, True)
-    assert rows(hooked, "SELECT count(*) FROM events") == [(41,)]
+    assert await rows(hooked, "SELECT count(*) FROM events") == [(41,)]
 
 
 async def test_a_new_character_appears_in_queries(hooked: Running, admin: dict[str, str]) -> None:
@@ -211,7 +209,7 @@ async def test_a_character_not_synced_yet_is_read_through(
 ) -> None:
     created = hooked.sim.editor.add({"name": "Quiet Newcomer"}, notify=False)
     assert (await get_character(hooked, admin, created["id"])).name == "Quiet Newcomer"
-    assert rows(
+    assert await rows(
         hooked,
         "SELECT correlation_id FROM events WHERE stream_id = ?",
         f"character-{created['id']}",
@@ -253,7 +251,7 @@ async def test_forged_unsigned_and_replayed_webhooks_are_refused(
     r = await post_webhook(hooked, b"x" * 70_000, signed(b"x"))
     assert r.status_code == 413
     assert hooked.sim.state.requests == requests  # nothing fetched
-    assert rows(hooked, "SELECT count(*) FROM webhook_deliveries") == [(0,)]
+    assert await rows(hooked, "SELECT count(*) FROM webhook_deliveries") == [(0,)]
 
     headers = signed(body)
     first = await post_webhook(hooked, body, headers)
@@ -261,8 +259,13 @@ async def test_forged_unsigned_and_replayed_webhooks_are_refused(
     again = await post_webhook(hooked, body, headers)
     assert (again.status_code, again.json()) == (200, {"status": "duplicate"})
     applied = "SELECT count(*) FROM webhook_deliveries WHERE applied_at IS NOT NULL"
-    await wait_until(lambda: rows(hooked, applied) == [(1,)], what="the delivery applied")
-    assert rows(hooked, "SELECT count(*) FROM events WHERE type = 'CharacterUpdated'") == [(1,)]
+
+    async def delivered() -> bool:
+        return await rows(hooked, applied) == [(1,)]
+
+    await wait_until(delivered, what="the delivery applied")
+    updated = "SELECT count(*) FROM events WHERE type = 'CharacterUpdated'"
+    assert await rows(hooked, updated) == [(1,)]
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(f"{hooked.http}/metrics")).text
     assert 'marveld_webhook_deliveries_total{outcome="refused"} 5.0' in metrics
@@ -345,10 +348,10 @@ def _search(auth: dict[str, str], text: str) -> Any:
 
 
 async def test_the_poller_bootstraps_on_start_while_serving_and_readyz_reports_it(
-    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock
+    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock, database: dict[str, str]
 ) -> None:
     sim.state.latency_ms = 300
-    settings = make_settings(tmp_path, sim.url, MARVELD_POLLER_ENABLED="true")
+    settings = make_settings(tmp_path, sim.url, MARVELD_POLLER_ENABLED="true", **database)
     endpoints = await start_daemon(nursery, settings, clock)
     url = f"http://127.0.0.1:{endpoints.http_port}/readyz"
     async with httpx.AsyncClient() as http:
@@ -369,19 +372,14 @@ async def test_the_poller_bootstraps_on_start_while_serving_and_readyz_reports_i
             return bool(body["checks"]["first_sync"])
 
         await wait_until(first_sync, what="/readyz first_sync true")
-    (state,) = rows_at(
-        settings.database.path, "SELECT value FROM sync_state WHERE key = ?", "sync.bootstrap"
+    (state,) = await rows_of(
+        settings, "SELECT value FROM sync_state WHERE key = ?", "sync.bootstrap"
     )
     bootstrap = json.loads(state[0])
     assert bootstrap["bulk"] is True
-    assert rows_at(settings.database.path, "SELECT DISTINCT correlation_id FROM events") == [
+    assert await rows_of(settings, "SELECT DISTINCT correlation_id FROM events") == [
         (f"bootstrap:{bootstrap['run_id']}",)
     ]
-
-
-def rows_at(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(path)) as conn:
-        return [tuple(row) for row in conn.execute(sql, params)]
 
 
 async def test_the_demo_simulator_sends_its_webhooks_to_the_daemon(
@@ -400,7 +398,10 @@ async def test_the_demo_simulator_sends_its_webhooks_to_the_daemon(
             async with httpx.AsyncClient(base_url=sim_url.removesuffix("/v1/public")) as http:
                 r = await http.post(f"/_sim/characters/{SPIDER_MAN}", json={"description": "Demo"})
             assert r.status_code == 200
-            path = settings.database.path
             hooked = "SELECT count(*) FROM events WHERE correlation_id LIKE 'webhook:%'"
-            await wait_until(lambda: rows_at(path, hooked) == [(1,)], what="the demo webhook")
+
+            async def received() -> bool:
+                return await rows_of(settings, hooked) == [(1,)]
+
+            await wait_until(received, what="the demo webhook")
             nursery.cancel_scope.cancel()

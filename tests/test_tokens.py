@@ -22,10 +22,12 @@ from jwt.warnings import InsecureKeyLengthWarning
 from marveld.services.security import MAX_TOKEN_BYTES, key_id
 from marveld.services.users import SESSION_SECONDS
 from marveld.sim import SimHandle
-from marveld.storage import Store
 from tests.aio import grpc_client
 from tests.calls import PASSWORD, login, my_profile, register_and_login, status_of
 from tests.conftest import JWT_SECRET, Clock, Running, make_settings, start_daemon
+from tests.stores import open_store
+
+pytestmark = pytest.mark.both_backends  # the service tests run on SQLite and PostgreSQL
 
 PREVIOUS = "the-previous-signing-key-still-accepted-for-a-while"
 RETIRED = "a-retired-signing-key-no-longer-in-the-settings!!"
@@ -34,10 +36,10 @@ OTHER = "somebody-elses-key-of-at-least-thirty-two-bytes"
 
 @pytest.fixture
 async def rotated(
-    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock
+    nursery: trio.Nursery, sim: SimHandle, tmp_path: Path, clock: Clock, database: dict[str, str]
 ) -> AsyncIterator[Running]:
     """A daemon signing with JWT_SECRET that still accepts PREVIOUS."""
-    settings = make_settings(tmp_path, sim.url, MARVELD_JWT_PREVIOUS_SECRETS=PREVIOUS)
+    settings = make_settings(tmp_path, sim.url, MARVELD_JWT_PREVIOUS_SECRETS=PREVIOUS, **database)
     endpoints = await start_daemon(nursery, settings, clock)
     async with grpc_client(endpoints.grpc_port) as client:
         yield Running(settings, endpoints, sim, client)
@@ -147,7 +149,7 @@ async def test_a_deleted_user_can_neither_use_a_token_nor_log_in(
 ) -> None:
     auth = await register_and_login(rotated, "gone@example.com")
     user_id = await profile_id(rotated, auth)
-    async with Store.open(rotated.settings.database.path) as store:
+    async with open_store(rotated.settings) as store:
         await store.users.soft_delete(user_id, clock())
     # A token checked moments ago is trusted for SESSION_SECONDS without reading the account.
     clock.advance(SESSION_SECONDS)

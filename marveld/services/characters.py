@@ -240,10 +240,10 @@ class CharacterService:
         return None
 
     async def _load(self, key: str, fetch: Fetch) -> Served:
-        """The SQLite tier, then (when it has nothing usable) the upstream."""
+        """The database tier, then (when it has nothing usable) the upstream."""
         entry = await self._store.cache.get(key)
         if entry is None:
-            self._metrics.cache_result("sqlite", "miss")
+            self._metrics.cache_result(self._store.kind, "miss")
             return await self._renew(key, fetch, None)
         held = Answer(
             key=key,
@@ -255,7 +255,7 @@ class CharacterService:
             body_fetched_at=entry.body_fetched_at,
         )
         self._memory.put(held)
-        served = self._from_cache(key, fetch, held, self._clock(), tier="sqlite")
+        served = self._from_cache(key, fetch, held, self._clock(), tier=self._store.kind)
         return served if served is not None else await self._renew(key, fetch, held)
 
     async def _renew(self, key: str, fetch: Fetch, held: Answer | None) -> Served:
@@ -267,7 +267,7 @@ class CharacterService:
             if held is None or self._policy.freshness(held.expires_at, now) is Freshness.DEAD:
                 raise
             log.warning("serving stale %s: %s", key, exc)
-            self._metrics.cache_result("sqlite", "stale")
+            self._metrics.cache_result(self._store.kind, "stale")
             return Served(held, CacheStatus.STALE, _age(now, held.fetched_at))
         return Served(fetched, CacheStatus.MISS, 0)
 
@@ -368,7 +368,7 @@ class CharacterService:
         horizon = self._clock() - self._policy.retention
         removed = await self._store.cache.delete_expired(horizon)
         self._memory.forget([k for k, a in self._memory.items() if a.expires_at <= horizon])
-        self._metrics.cache_entries.labels(tier="sqlite").set(await self._store.cache.count())
+        self._metrics.cache_entries.labels(tier=self._store.kind).set(await self._store.cache.count())
         return removed
 
 

@@ -109,6 +109,11 @@ class Store:
         return cls.open(path)
 
     @property
+    def kind(self) -> str:
+        """The backend, ``"sqlite"`` or ``"postgresql"``: the database tier's metric label."""
+        return "sqlite" if isinstance(self._db, Database) else "postgresql"
+
+    @property
     def name(self) -> str:
         """The database, for messages: the SQLite file, or the URL without its password."""
         return str(self._db.path) if isinstance(self._db, Database) else self._db.name
