@@ -4,10 +4,13 @@ and started again on the same port, with real gRPC and HTTP clients."""
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -15,14 +18,23 @@ import pytest
 import trio
 from grpclib.client import Channel
 from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_pb2 import HealthCheckResponse
 
 from marveld.proto.marvel import v1 as pb
 from marveld.sim import SimHandle
 from tests import postgres
 from tests.aio import grpc_client
-from tests.calls import PASSWORD, TIMEOUT, list_characters, register_and_login, status_of
+from tests.calls import (
+    PASSWORD,
+    TIMEOUT,
+    list_characters,
+    register,
+    register_and_login,
+    status_of,
+)
 from tests.conftest import Clock, Running
+from tests.stores import rows_of
 from tests.test_cache import health_of
 from tests.test_notifications import start
 from tests.waiting import wait_until
@@ -113,5 +125,74 @@ async def test_the_database_going_away_and_coming_back(
     await wait_until(serving, seconds=15, what="health SERVING and /readyz 200 again")
     # Reconnected by itself; what was written before is there.
     assert (await profile(m, auth)).email == "peter@example.com"
+    # The pool's own warnings: one line a minute at most, each one line.
+    pool_lines = [r.getMessage() for r in caplog.records if r.name == "psycopg.pool"]
+    assert 1 <= len(pool_lines) <= 2, pool_lines
+    assert all("\n" not in line for line in pool_lines)
     other = await register_and_login(m, "wanda@example.com")
     assert (await profile(m, other)).email == "wanda@example.com"
+
+
+async def test_under_load_a_restart_of_the_server_loses_no_acknowledged_write(
+    daemon: Running, own_server: postgres.Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Four writers register accounts and a reader repeats a cached list without pause
+    while the server is stopped and started again: every registration that was answered
+    OK is in the database afterwards, every refusal is UNAVAILABLE (never INTERNAL or
+    UNKNOWN), and the cached list is served throughout."""
+    m = daemon
+    auth = await register_and_login(m)
+    await list_characters(m, auth, name_starts_with="Hulk", limit=3)  # now in memory
+    acknowledged: list[str] = []
+    refused: Counter[Status] = Counter()
+    hits: Counter[pb.CacheStatus] = Counter()
+
+    async def writer(number: int) -> None:
+        for i in itertools.count():
+            email = f"writer{number}-{i}@example.com"
+            try:
+                await m.client.call(register(email))
+            except GRPCError as error:
+                refused[error.status] += 1
+                await trio.sleep(0.01)  # the client's pause before its next try
+            else:
+                acknowledged.append(email)
+
+    async def reader() -> None:
+        while True:
+            page = await list_characters(m, auth, name_starts_with="Hulk", limit=3)
+            hits[page.cache_status] += 1
+
+    def acknowledged_past(count: int) -> Callable[[], bool]:
+        return lambda: len(acknowledged) >= count
+
+    caplog.set_level(logging.INFO)
+    async with trio.open_nursery() as load:
+        for number in range(4):
+            load.start_soon(writer, number)
+        load.start_soon(reader)
+        await wait_until(acknowledged_past(20), seconds=15, what="20 writes before the stop")
+
+        await trio.to_thread.run_sync(own_server.stop)
+        await wait_until(lambda: refused[Status.UNAVAILABLE] >= 8, seconds=15, what="refusals")
+        hits_while_down = hits[pb.CacheStatus.HIT]
+        await wait_until(
+            lambda: hits[pb.CacheStatus.HIT] > hits_while_down + 10, what="hits while down"
+        )
+
+        await trio.to_thread.run_sync(own_server.restart)
+        after_restart = len(acknowledged)
+        await wait_until(
+            acknowledged_past(after_restart + 20), seconds=30, what="20 writes after the start"
+        )
+        load.cancel_scope.cancel()
+
+    assert set(refused) == {Status.UNAVAILABLE}
+    assert set(hits) == {pb.CacheStatus.HIT}
+    stored = {email for (email,) in await rows_of(m.settings, "SELECT email FROM users")}
+    assert set(acknowledged) <= stored
+    assert (await profile(m, auth)).email == "peter@example.com"
+    # The pool's own warnings: one line a minute at most, each one line.
+    pool_lines = [r.getMessage() for r in caplog.records if r.name == "psycopg.pool"]
+    assert 1 <= len(pool_lines) <= 2, pool_lines
+    assert all("\n" not in line for line in pool_lines)

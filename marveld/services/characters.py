@@ -368,7 +368,9 @@ class CharacterService:
         horizon = self._clock() - self._policy.retention
         removed = await self._store.cache.delete_expired(horizon)
         self._memory.forget([k for k, a in self._memory.items() if a.expires_at <= horizon])
-        self._metrics.cache_entries.labels(tier=self._store.kind).set(await self._store.cache.count())
+        self._metrics.cache_entries.labels(tier=self._store.kind).set(
+            await self._store.cache.count()
+        )
         return removed
 
 

@@ -14,6 +14,7 @@ The URL shown in logs and errors is :func:`redacted`: never a password.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
@@ -33,6 +34,32 @@ T = TypeVar("T")
 DEFAULT_POOL_SIZE = 8
 CONNECT_SECONDS = 10.0
 POOL_WAIT_SECONDS = 5.0
+POOL_LOG_SECONDS = 60.0
+
+
+class OnePoolLinePerMinute(logging.Filter):
+    """psycopg-pool warns at every failed connection attempt, each warning several lines
+    long: 20 lines in the first 5 s of an outage with 8 connections. Let through one line
+    (made one line) per :data:`POOL_LOG_SECONDS`, saying how many were held back; the
+    daemon's own line (readiness: "the database is unreachable") says the rest."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._clock = clock
+        self._next = 0.0
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self._clock()
+        if now < self._next:
+            self._held += 1
+            return False
+        self._next = now + POOL_LOG_SECONDS
+        message = " ".join(record.getMessage().split())
+        if self._held:
+            message += f" (and {self._held} more such lines held back)"
+        record.msg, record.args, self._held = message, None, 0
+        return True
 
 
 def redacted(url: str) -> str:
@@ -90,6 +117,8 @@ class PgDatabase:
         self._pool = pool
         self._limiter = trio.CapacityLimiter(size)
         self._closed = False
+        self._pool_log = OnePoolLinePerMinute()
+        logging.getLogger("psycopg.pool").addFilter(self._pool_log)
 
     @classmethod
     async def open(
@@ -157,4 +186,5 @@ class PgDatabase:
         self._closed = True
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(partial(self._pool.close, timeout=CONNECT_SECONDS))
+        logging.getLogger("psycopg.pool").removeFilter(self._pool_log)
         log.debug("database %s closed", self.name)
