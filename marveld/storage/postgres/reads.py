@@ -1,8 +1,8 @@
 """The read side on PostgreSQL: ``character_reads`` and its ``search`` tsvector (the twin
 of marveld/storage/reads.py).
 
-Written only by the projection in ``storage.postgres.changes``; read here. What differs
-from SQLite, and why:
+Written only by the projection in ``storage.postgres.changes``; read here (what both
+backends share: marveld/storage/reads_base.py). What differs from SQLite, and why:
 
 - a search's terms are tokenized by SQLite's unicode61 tokenizer and matched against the
   tokens the projection stored (marveld/storage/postgres/search.py): PostgreSQL's parser
@@ -27,9 +27,14 @@ import psycopg
 
 from marveld.domain.characters import Character
 from marveld.storage.codec import load_json
-from marveld.storage.postgres.database import PgDatabase
 from marveld.storage.postgres.search import bm25, stored, tokenize, tsquery
-from marveld.storage.reads import DESCRIPTION_WEIGHT, NAME_WEIGHT, SearchResult
+from marveld.storage.reads_base import (
+    DESCRIPTION_WEIGHT,
+    NAME_WEIGHT,
+    NOTHING,
+    ReadRepoBase,
+    SearchResult,
+)
 
 __all__ = ["DESCRIPTION_WEIGHT", "NAME_WEIGHT", "PgReadRepo", "SearchResult"]
 
@@ -63,31 +68,26 @@ FROM character_reads
 """
 
 
-class PgReadRepo:
+class PgReadRepo(ReadRepoBase[psycopg.Connection]):
     """Characters as local queries see them."""
 
-    def __init__(self, db: PgDatabase) -> None:
-        self._db = db
+    def _data(self, conn: psycopg.Connection, marvel_id: int) -> str | None:
+        row = conn.execute(
+            "SELECT data FROM character_reads WHERE marvel_id = %s", (marvel_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
-    async def get(self, marvel_id: int) -> Character | None:
-        def select(conn: psycopg.Connection) -> Character | None:
-            row = conn.execute(
-                "SELECT data FROM character_reads WHERE marvel_id = %s", (marvel_id,)
-            ).fetchone()
-            return None if row is None else Character.from_json(load_json(row[0]))
+    def _count(self, conn: psycopg.Connection) -> int:
+        row = conn.execute("SELECT count(*) FROM character_reads").fetchone()
+        assert row is not None  # an aggregate always returns a row
+        return int(row[0])
 
-        return await self._db.read(select)
-
-    async def search(self, terms: Sequence[str], *, limit: int, offset: int) -> SearchResult:
-        """Characters whose name or description has every term (as a word prefix), best
-        first (bm25, name hits weighing more), then by name. No terms: nothing."""
-        if not terms:
-            return SearchResult(characters=(), total=0)
+    async def _search(self, terms: Sequence[str], *, limit: int, offset: int) -> SearchResult:
         # A term with no token (``"``, say) is an empty phrase, which FTS5 leaves out of
         # the query (and of bm25); with nothing left, nothing matches.
         phrases = [stored(tokens) for tokens in tokenize(terms) if tokens]
         if not phrases:
-            return SearchResult(characters=(), total=0)
+            return NOTHING
 
         def select(conn: psycopg.Connection) -> SearchResult:
             hits = conn.execute(
@@ -101,7 +101,7 @@ class PgReadRepo:
                 weighted[2][n - 1] = name_hits * NAME_WEIGHT + description_hits * DESCRIPTION_WEIGHT
             matches = {k: v for k, v in found.items() if all(v[2])}
             if not matches:
-                return SearchResult(characters=(), total=0)
+                return NOTHING
             totals = conn.execute(_TOTALS).fetchone()
             assert totals is not None  # an aggregate always returns a row
             rows, tokens = int(totals[0]), int(totals[1])
@@ -131,11 +131,3 @@ class PgReadRepo:
             return SearchResult(characters=characters, total=len(matches))
 
         return await self._db.read(select, snapshot=True)
-
-    async def count(self) -> int:
-        def select(conn: psycopg.Connection) -> int:
-            row = conn.execute("SELECT count(*) FROM character_reads").fetchone()
-            assert row is not None  # an aggregate always returns a row
-            return int(row[0])
-
-        return await self._db.read(select)

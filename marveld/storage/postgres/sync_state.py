@@ -1,4 +1,4 @@
-"""The ``sync_state`` table on PostgreSQL (keys and meaning: marveld/storage/sync_state.py)."""
+"""The ``sync_state`` table on PostgreSQL (keys and meaning: marveld/storage/sync_state_base.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Any
 import psycopg
 
 from marveld.storage.codec import dump_json, load_json
-from marveld.storage.postgres.database import PgDatabase
-from marveld.storage.sync_state import BOOTSTRAP
+from marveld.storage.sync_state_base import BOOTSTRAP, SyncStateRepoBase, bootstrap_completed
 
 
 def read_state(conn: psycopg.Connection, key: str) -> Any:
@@ -31,27 +30,9 @@ def write_state(conn: psycopg.Connection, values: Mapping[str, Any], now: dateti
 
 
 def first_sync_done(conn: psycopg.Connection) -> bool:
-    bootstrap = read_state(conn, BOOTSTRAP)
-    return isinstance(bootstrap, dict) and bootstrap.get("completed_at") is not None
+    return bootstrap_completed(read_state(conn, BOOTSTRAP))
 
 
-class PgSyncStateRepo:
-    def __init__(self, db: PgDatabase) -> None:
-        self._db = db
-
-    async def get_many(self, *keys: str) -> dict[str, Any]:
-        """The values of ``keys`` (None for a missing one), read in one snapshot."""
-
-        def select(conn: psycopg.Connection) -> dict[str, Any]:
-            return {key: read_state(conn, key) for key in keys}
-
-        return await self._db.read(select, snapshot=True)
-
-    async def get(self, key: str) -> Any:
-        return (await self.get_many(key))[key]
-
-    async def put(self, values: Mapping[str, Any], now: datetime) -> None:
-        await self._db.write(lambda conn: write_state(conn, values, now))
-
-    async def first_sync_done(self) -> bool:
-        return await self._db.read(first_sync_done)
+class PgSyncStateRepo(SyncStateRepoBase[psycopg.Connection]):
+    _read_state = staticmethod(read_state)
+    _write_state = staticmethod(write_state)

@@ -1,4 +1,5 @@
-"""The ``webhook_deliveries`` table on PostgreSQL (twin of marveld/storage/webhooks.py).
+"""The ``webhook_deliveries`` table on PostgreSQL (twin of marveld/storage/webhooks.py;
+what both share: marveld/storage/webhooks_base.py).
 
 Differences from SQLite, and why:
 
@@ -6,79 +7,64 @@ Differences from SQLite, and why:
 - times are ``timestamptz``, read back as aware datetimes and normalised to UTC;
 - pending deliveries are ordered ``received_at, id COLLATE "C"``: SQLite compares text
   byte by byte, the database's collation need not.
-
-A delivery is marked applied by ``changes.apply_changes(..., delivery_id=...)``, in the
-transaction that applies it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from marveld.storage.codec import text_to_time, time_to_text
-from marveld.storage.postgres.database import PgDatabase
-from marveld.storage.webhooks import KEEP_APPLIED, Delivery
+from marveld.storage.webhooks_base import (
+    COLUMNS,
+    KEEP_APPLIED,
+    Delivery,
+    WebhookRepoBase,
+    delivery_from_row,
+)
 
 __all__ = ["KEEP_APPLIED", "Delivery", "PgWebhookRepo"]
 
 
-def _delivery(row: dict[str, Any]) -> Delivery:
-    occurred_at: datetime | None = row["occurred_at"]
-    return Delivery(
-        id=row["id"],
-        type=row["type"],
-        ids=tuple(int(i) for i in row["ids"]),
-        occurred_at=None if occurred_at is None else occurred_at.astimezone(UTC),
-        received_at=row["received_at"].astimezone(UTC),
-    )
+def _to_time(value: datetime) -> datetime:
+    return value.astimezone(UTC)
 
 
-class PgWebhookRepo:
-    def __init__(self, db: PgDatabase) -> None:
-        self._db = db
+def _to_ids(values: Iterable[Any]) -> Iterable[int]:
+    return (int(i) for i in values)
 
-    async def record(
-        self,
-        delivery_id: str,
-        *,
-        kind: str,
-        ids: Sequence[int],
-        occurred_at: datetime | None,
-        now: datetime,
-    ) -> bool:
-        """Remember a delivery as pending; False when it was seen before."""
-        stamp = text_to_time(time_to_text(now))  # refuses naive times, as SQLite's does
-        occurred = None if occurred_at is None else text_to_time(time_to_text(occurred_at))
 
-        def insert(conn: psycopg.Connection) -> bool:
-            conn.execute(
-                "DELETE FROM webhook_deliveries WHERE applied_at IS NOT NULL AND received_at < %s",
-                (stamp - KEEP_APPLIED,),
-            )
-            cursor = conn.execute(
-                "INSERT INTO webhook_deliveries (id, type, ids, occurred_at, received_at)"
-                " VALUES (%s, %s, %s::bigint[], %s, %s) ON CONFLICT (id) DO NOTHING",
-                (delivery_id, kind, [int(i) for i in ids], occurred, stamp),
-            )
-            return cursor.rowcount == 1
+class PgWebhookRepo(WebhookRepoBase[psycopg.Connection]):
+    """Deliveries by id: ``timestamptz`` times, ``ids`` as ``bigint[]``."""
 
-        return await self._db.write(insert)
+    def _forget_applied(self, conn: psycopg.Connection, before: datetime) -> None:
+        conn.execute(
+            "DELETE FROM webhook_deliveries WHERE applied_at IS NOT NULL AND received_at < %s",
+            (before,),
+        )
 
-    async def pending(self, limit: int = 100) -> list[Delivery]:
-        """Deliveries not applied yet, oldest first."""
+    def _insert(self, conn: psycopg.Connection, delivery: Delivery) -> bool:
+        cursor = conn.execute(
+            f"INSERT INTO webhook_deliveries ({COLUMNS})"
+            " VALUES (%s, %s, %s::bigint[], %s, %s) ON CONFLICT (id) DO NOTHING",
+            (
+                delivery.id,
+                delivery.type,
+                [int(i) for i in delivery.ids],
+                delivery.occurred_at,
+                delivery.received_at,
+            ),
+        )
+        return cursor.rowcount == 1
 
-        def select(conn: psycopg.Connection) -> list[Delivery]:
-            with conn.cursor(row_factory=dict_row) as cur:
-                rows = cur.execute(
-                    "SELECT id, type, ids, occurred_at, received_at FROM webhook_deliveries"
-                    ' WHERE applied_at IS NULL ORDER BY received_at, id COLLATE "C" LIMIT %s',
-                    (limit,),
-                ).fetchall()
-            return [_delivery(row) for row in rows]
-
-        return await self._db.read(select)
+    def _pending(self, conn: psycopg.Connection, limit: int) -> list[Delivery]:
+        with conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(
+                f"SELECT {COLUMNS} FROM webhook_deliveries"
+                ' WHERE applied_at IS NULL ORDER BY received_at, id COLLATE "C" LIMIT %s',
+                (limit,),
+            ).fetchall()
+        return [delivery_from_row(row, to_time=_to_time, to_ids=_to_ids) for row in rows]
