@@ -7,7 +7,7 @@ import sqlite3
 from datetime import datetime
 
 from marveld.storage.cache_base import COLUMNS, CacheEntry, CacheRepoBase, CacheRow, cache_entry
-from marveld.storage.changes import apply_changes
+from marveld.storage.changes import BATCHES
 from marveld.storage.codec import dump_json, load_json, text_to_time, time_to_text
 from marveld.storage.sync_state import first_sync_done
 
@@ -17,7 +17,7 @@ __all__ = ["CacheEntry", "CacheRepo"]
 class CacheRepo(CacheRepoBase[sqlite3.Connection]):
     """Pages by normalized cache key: times as text, ``character_ids`` as JSON text."""
 
-    _apply_changes = staticmethod(apply_changes)
+    _batches = BATCHES
     _first_sync_done = staticmethod(first_sync_done)
 
     def _select(self, conn: sqlite3.Connection, key: str) -> CacheEntry | None:

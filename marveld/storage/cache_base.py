@@ -14,10 +14,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Protocol
+from typing import Any, Generic
 
 from marveld.domain.changes import Provenance
-from marveld.domain.characters import Character, CharacterPage
+from marveld.domain.characters import CharacterPage
+from marveld.storage.changes_base import Batches
 from marveld.storage.codec import dump_json, load_json
 from marveld.storage.twins import Conn, Db, utc
 
@@ -74,35 +75,18 @@ class CacheRow:
     body_fetched_at: datetime
 
 
-class Applied(Protocol):
-    """What the backend's ``apply_changes`` returns, as far as the cache needs it."""
-
-    @property
-    def forgotten(self) -> tuple[str, ...]: ...
-
-
 class CacheRepoBase(ABC, Generic[Conn]):
     """Pages by normalized cache key. Expiry is data: :meth:`get` returns expired entries
     too, and the cache policy decides what to do with them.
 
-    A backend gives its change pipeline (``_apply_changes``, ``_first_sync_done``) and
-    its statements; times reach them in UTC (:func:`~marveld.storage.twins.utc`)."""
+    A backend gives its change pipeline (``_batches``, ``_first_sync_done``) and its
+    statements; times reach them in UTC (:func:`~marveld.storage.twins.utc`)."""
+
+    _batches: Batches[Conn]
 
     def __init__(self, db: Db[Conn]) -> None:
         self._db = db
         self._log = logging.getLogger(type(self).__module__)  # the backend's logger
-
-    @abstractmethod
-    def _apply_changes(
-        self,
-        conn: Conn,
-        characters: Iterable[Character],
-        *,
-        provenance: Provenance,
-        now: datetime,
-        match_added: bool = True,
-        keep_key: str | None = None,
-    ) -> Applied: ...
 
     @abstractmethod
     def _first_sync_done(self, conn: Conn) -> bool: ...
@@ -161,7 +145,7 @@ class CacheRepoBase(ABC, Generic[Conn]):
         def upsert(conn: Conn) -> tuple[str, ...]:
             # Before the first full sync a character seen for the first time may be an old
             # one: only entries that hold a changed character are invalidated then.
-            result = self._apply_changes(
+            result = self._batches.apply(
                 conn,
                 page.characters,
                 provenance=provenance,

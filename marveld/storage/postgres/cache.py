@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from marveld.storage.cache_base import COLUMNS, CacheEntry, CacheRepoBase, CacheRow, cache_entry
-from marveld.storage.postgres.changes import apply_changes
+from marveld.storage.postgres.changes import BATCHES
 from marveld.storage.postgres.sync_state import first_sync_done
 
 __all__ = ["CacheEntry", "PgCacheRepo"]
@@ -36,7 +36,7 @@ def _to_ids(values: Iterable[Any]) -> Iterable[int]:
 class PgCacheRepo(CacheRepoBase[psycopg.Connection]):
     """Pages by normalized cache key: ``timestamptz`` times, ``character_ids`` as ``bigint[]``."""
 
-    _apply_changes = staticmethod(apply_changes)
+    _batches = BATCHES
     _first_sync_done = staticmethod(first_sync_done)
 
     def _select(self, conn: psycopg.Connection, key: str) -> CacheEntry | None:
