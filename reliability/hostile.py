@@ -240,7 +240,8 @@ def resource_bounds(watch: Watch, *, peak: bool) -> list[Bound]:
         return bounds
     # The floods that hold thousands of connections at once: their memory is freed but the
     # allocator keeps its high-water mark (tracemalloc sees the heap given back; malloc_trim
-    # returned about half). Reported, not yet a bound: an open problem of issue 13.
+    # returned about half; docs/reliability.md has the figures). Reported, not a bound: what
+    # stays is a high-water mark the ports' connection caps bound and the next flood reuses.
     return [
         Bound(f"{b.name} (reported only)", True, b.detail) if b.name.startswith("RSS after") else b
         for b in bounds

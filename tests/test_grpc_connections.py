@@ -256,6 +256,38 @@ async def test_silent_and_half_preface_connections_are_closed_after_the_handshak
     await health_still_serves(daemon)
 
 
+async def test_a_silent_connection_is_sent_nothing_before_it_is_closed(daemon: Running) -> None:
+    """The server's SETTINGS wait for the client's preface: nothing of HTTP/2 is built for
+    a connection that never sends it (marveld/grpc/connections.py)."""
+    stream = await tcp(daemon)
+    with trio.fail_after(10):
+        assert await _receive(stream) == b""
+
+
+async def test_a_client_trickling_its_preface_and_call_a_byte_at_a_time_is_served(
+    daemon: Running,
+) -> None:
+    peer = RawH2(await tcp(daemon))
+    peer.h2.initiate_connection()
+    stream_id = peer.new_stream()
+    peer.h2.send_headers(stream_id, grpc_request(HEALTH))
+    peer.h2.send_data(stream_id, message(), end_stream=True)
+    with trio.fail_after(10):
+        for byte in peer.h2.data_to_send():
+            await peer.send_raw(bytes([byte]))
+        answer = await peer.until_answered(stream_id)
+    assert answer.status == "0"
+
+
+async def test_bytes_that_are_not_the_preface_get_goaway_protocol_error(daemon: Running) -> None:
+    peer = RawH2(await tcp(daemon))
+    await peer.send_raw(b"PRI * HTTP/1.1\r\n")  # a preface's first bytes, then not one
+    with trio.fail_after(10):
+        await peer.until_closed()
+    assert peer.goaway is not None
+    assert peer.goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+
+
 async def _receive(stream: trio.SocketStream) -> bytes:
     try:
         return await stream.receive_some(65536)

@@ -280,3 +280,29 @@ async def test_a_body_read_to_its_end_keeps_the_connection(marveld: Running) -> 
     assert first.startswith(b"HTTP/1.1 401 ")
     assert b"connection: close" not in first.lower()
     assert second.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_request_trickled_a_byte_at_a_time_is_answered(marveld: Running) -> None:
+    """Nothing of HTTP is built for a connection until its first request's head is in
+    (marveld/web/server.py): a slow but honest client is served all the same, a pipelined
+    second request included."""
+    port = marveld.endpoints.http_port
+    with trio.fail_after(10):
+        async with await connect(port) as stream:
+            for byte in HEALTHZ + HEALTHZ_THEN_CLOSE:
+                await stream.send_all(bytes([byte]))
+            answers = await until_eof(stream)
+    assert answers.count(b"HTTP/1.1 200 ") == 2, answers
+
+
+async def test_a_head_cut_short_by_the_peers_eof_gets_no_answer_and_no_error(
+    marveld: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = marveld.endpoints.http_port
+    with trio.fail_after(10):
+        async with await connect(port) as stream:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            await stream.send_eof()
+            answer = await until_eof(stream)
+    assert not answer.startswith(b"HTTP/1.1 200"), answer
+    no_errors(caplog)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,7 @@ MAX_RECV = 1 << 16
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
 MAX_WEBSOCKET_MESSAGE_BYTES = 1 << 20
+_HEAD_END = re.compile(rb"\n\r?\n")  # the blank line after a request's headers (h11's)
 PING_FRAME = b"\x89\x00"  # a server's ping: FIN, opcode 9, unmasked, no payload
 
 
@@ -217,6 +219,9 @@ class _Connection:
 
     async def run(self) -> None:
         try:
+            first = await self._first_request_head()
+            if not first:
+                return  # nothing in time, or closed: no protocol was built for it
             family = self._stream.socket.family
             client = parse_socket_addr(family, self._stream.socket.getpeername())
             server = parse_socket_addr(family, self._stream.socket.getsockname())
@@ -233,35 +238,63 @@ class _Connection:
                     self._protocol_send,
                 )
                 await self._protocol.initiate()
-                await self._read()
+                await self._read(first)
         except OSError:  # the peer went away (getpeername on a reset socket, say)
             pass
         finally:
             await self._send_eof()
             await self._stream.aclose()
 
-    async def _read(self) -> None:
-        """Feed the peer's bytes to the protocol until the connection ends: the peer closes
-        it, a timer runs out, a WebSocket peer leaves pings unanswered. Once our side is
+    async def _first_request_head(self) -> bytes:
+        """The peer's bytes up to the end of its first request's headers (or past what h11
+        would hold, which it then refuses; or up to the peer's EOF), read before anything
+        of HTTP is built; empty when the handshake timeout ran out first. A flood of
+        connections that never send a whole request costs a socket and this task each,
+        not hypercorn's and h11's state: built for each, it left the heap fragmented after
+        they closed (docs/reliability.md)."""
+        buffered = bytearray()
+        with trio.move_on_at(self._timeout_at):
+            while len(buffered) <= self._config.h11_max_incomplete_size:
+                try:
+                    data = await self._stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
+                if not data:
+                    break
+                buffered += data
+                if _HEAD_END.search(buffered):
+                    break
+            self._heard_at = trio.current_time()
+            return bytes(buffered)
+        return b""
+
+    async def _read(self, first: bytes) -> None:
+        """Feed the peer's bytes to the protocol, ``first`` (:meth:`_first_request_head`)
+        and then what follows, until the connection ends: the peer closes it, a timer runs
+        out, a WebSocket peer leaves pings unanswered. Once our side is
         closed, read and drop the peer's bytes for a moment (:data:`LINGER_SECONDS`,
         :data:`LINGER_BYTES`) before closing: closing a socket with unread bytes sends a
         reset, and a reset can reach the peer before it has read our answer, a 413 for
         instance, which it then never sees."""
         lingered = 0
+        pending = first
         with self._reader:
             while lingered <= LINGER_BYTES:
-                with trio.CancelScope(deadline=self._deadline()) as self._wait:
-                    try:
-                        data = await self._stream.receive_some(MAX_RECV)
-                    except (trio.ClosedResourceError, trio.BrokenResourceError):
+                if pending:
+                    data, pending = pending, b""
+                else:
+                    with trio.CancelScope(deadline=self._deadline()) as self._wait:
+                        try:
+                            data = await self._stream.receive_some(MAX_RECV)
+                        except (trio.ClosedResourceError, trio.BrokenResourceError):
+                            break
+                    if self._wait.cancelled_caught:
+                        if trio.current_time() >= self._timeout_at or not await self._ping():
+                            break
+                        continue
+                    if not data:
                         break
-                if self._wait.cancelled_caught:
-                    if trio.current_time() >= self._timeout_at or not await self._ping():
-                        break
-                    continue
-                if not data:
-                    break
-                self._heard_at = trio.current_time()
+                    self._heard_at = trio.current_time()
                 if self._lingering:
                     lingered += len(data)
                     continue
