@@ -264,7 +264,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Wait before the first retry; later retries wait longer, up to backoff_max."),
     Setting("upstream", "backoff_max", "duration", "10s", "Longest wait between two retries."),
     Setting("upstream", "daily_budget", "int", 1000,
-            "Upstream calls allowed per UTC day, retries included; never exceeded.",
+            "Upstream calls allowed per UTC day, retries included; never exceeded. On "
+            "PostgreSQL, the budget of every replica on the database together.",
             bounds=(1, 100_000_000)),
     Setting("upstream", "poller_reserve", "int", 100,
             "Part of the daily budget only the poller may spend.", bounds=(0, 100_000_000)),

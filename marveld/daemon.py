@@ -79,6 +79,7 @@ async def run(
         poller_reserve=up.poller_reserve,
         clock=clock,
         on_change=metrics.upstream_budget_remaining.set,
+        shared=settings.database.url is not None,  # PostgreSQL: replicas may share it
     )
     g = settings.grpc
     heap = HeapReturn()  # the ports count closed connections; after a flood, it trims

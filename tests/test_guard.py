@@ -13,6 +13,8 @@ import trio
 from marveld.domain.errors import NotFound, UpstreamError, UpstreamRejected, UpstreamUnavailable
 from marveld.services.guard import BreakerState, BudgetSpent, CallBudget, CircuitBreaker
 from marveld.storage import Store
+from tests.conftest import make_settings
+from tests.stores import open_store
 
 
 class Now:
@@ -23,26 +25,26 @@ class Now:
         return self.value
 
 
-def test_requests_stop_short_of_the_pollers_reserve_and_the_budget_renews_at_midnight() -> None:
+async def test_requests_stop_short_of_the_pollers_reserve_and_the_budget_renews_daily() -> None:
     now = Now()
     remaining: list[int] = []
     budget = CallBudget(daily=5, poller_reserve=2, clock=now, on_change=remaining.append)
     for _ in range(3):
-        budget.spend("request")
+        await budget.spend("request")
     with pytest.raises(BudgetSpent) as info:
-        budget.spend("request")
+        await budget.spend("request")
     assert "kept for the poller" in str(info.value)
     assert info.value.retry_after == 60.0  # one minute to UTC midnight
-    budget.spend("poller")
-    budget.spend("poller")
+    await budget.spend("poller")
+    await budget.spend("poller")
     with pytest.raises(BudgetSpent):
-        budget.spend("poller")
+        await budget.spend("poller")
     assert budget.remaining == 0
     assert remaining[-1] == 0
 
     now.value += timedelta(minutes=2)  # a new UTC day
     assert budget.remaining == 5
-    budget.spend("request")
+    await budget.spend("request")
     assert budget.used == 1
 
 
@@ -53,8 +55,8 @@ async def test_spending_survives_a_restart(tmp_path: Path) -> None:
             budget = CallBudget(daily=10, poller_reserve=0, clock=now)
             async with trio.open_nursery() as nursery:
                 await nursery.start(budget.keep, store)
-                budget.spend("request")
-                budget.spend("request")
+                await budget.spend("request")
+                await budget.spend("request")
                 with trio.fail_after(5):
                     while await store.sync_state.get("upstream_budget") != {  # noqa: ASYNC110
                         "day": "2026-11-24",
@@ -68,6 +70,60 @@ async def test_spending_survives_a_restart(tmp_path: Path) -> None:
             await nursery.start(tomorrow.keep, store)
             assert tomorrow.used == 0
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.both_backends
+async def test_a_shared_budget_holds_for_every_replica_on_the_database_and_a_restart(
+    tmp_path: Path, database: dict[str, str]
+) -> None:
+    """Three stores on one database stand for three replicas; 3 x 40 calls race for a
+    budget of 50 (10 kept for the poller): exactly 40 requests and then the poller's 10 are
+    taken, and budgets made afresh (a restart of all three) take nothing more today."""
+    now = Now()
+    settings = make_settings(tmp_path, "http://127.0.0.1:9/v1/public", **database)
+    async with (
+        open_store(settings) as a,
+        open_store(settings) as b,
+        open_store(settings) as c,
+    ):
+        taken = {"request": 0, "poller": 0}
+        refused = 0
+
+        async def replica(store: Store, purpose: str, calls: int) -> None:
+            nonlocal refused
+            budget = CallBudget(daily=50, poller_reserve=10, clock=now, shared=True)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(budget.keep, store)
+
+                async def one() -> None:
+                    nonlocal refused
+                    try:
+                        await budget.spend(purpose)
+                    except BudgetSpent:
+                        refused += 1
+                    else:
+                        taken[purpose] += 1
+
+                for _ in range(calls):
+                    nursery.start_soon(one)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for store in (a, b, c):
+                    nursery.start_soon(replica, store, "request", 40)
+            assert (taken["request"], refused) == (40, 80)
+            async with trio.open_nursery() as nursery:
+                for store in (a, b, c):
+                    nursery.start_soon(replica, store, "poller", 5)
+            assert taken["poller"] == 10
+            for store in (a, b, c):  # restarted: nothing left today, for anyone
+                await replica(store, "poller", 1)
+            assert (taken["poller"], refused) == (10, 80 + 5 + 3)
+        assert await a.sync_state.get("upstream_budget") == {"day": "2026-11-24", "used": 50}
+
+        now.value += timedelta(days=1)
+        await replica(b, "request", 1)
+        assert taken["request"] == 41
 
 
 def state(breaker: CircuitBreaker) -> BreakerState:

@@ -2,6 +2,11 @@
 
 The budget is checked before every HTTP attempt (retries count: they cost the key's quota
 too); the breaker wraps whole calls, opens after repeated failures and then fails fast.
+
+On a database several replicas share (PostgreSQL) the budget is the cluster's: each call is
+taken from the stored count in one locked transaction, so N replicas together never spend
+more than ``daily``. On SQLite (one process) it is counted in memory and saved behind. The
+breaker is each replica's own: it judges the upstream as that replica sees it.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ class BudgetSpent(UpstreamUnavailable):
 
 
 class CallBudget:
-    """``daily`` calls per UTC day; the last ``poller_reserve`` of them only for the poller."""
+    """``daily`` calls per UTC day; the last ``poller_reserve`` of them only for the poller.
+    ``shared``: the count lives in the store (:meth:`keep`) and every call is taken there,
+    for replicas that share one database."""
 
     def __init__(
         self,
@@ -38,11 +45,14 @@ class CallBudget:
         poller_reserve: int,
         clock: Callable[[], datetime],
         on_change: Callable[[int], None] | None = None,
+        shared: bool = False,
     ) -> None:
         self._daily = daily
         self._reserve = poller_reserve
         self._clock = clock
         self._on_change = on_change
+        self._shared = shared
+        self._store: Store | None = None
         self._day = clock().astimezone(UTC).date()
         self._used = 0
         self._dirty = trio.Event()
@@ -65,32 +75,50 @@ class CallBudget:
     ) -> None:
         """Load today's spending from the store, then save it whenever it changes, so a
         restart cannot grant a fresh budget. The write after the last call may be lost in a
-        crash; nothing else is."""
+        crash; nothing else is. Shared, the store is where :meth:`spend` takes each call:
+        loaded, it returns."""
         saved = await store.sync_state.get(BUDGET_STATE_KEY)
         if isinstance(saved, dict) and saved.get("day") == self._day.isoformat():
             self._used = max(self._used, int(saved.get("used", 0)))
         self._changed()
+        self._store = store
         task_status.started()
+        if self._shared:
+            return
         while True:
             await self._dirty.wait()
             self._dirty = trio.Event()
             state = {"day": self._day.isoformat(), "used": self._used}
             await store.sync_state.put({BUDGET_STATE_KEY: state}, self._clock())
 
-    def spend(self, purpose: str) -> None:
+    async def spend(self, purpose: str) -> None:
         """Take one call, or raise BudgetSpent (with the seconds until the budget renews)."""
         self._roll()
         limit = self._daily if purpose == POLLER else self._daily - self._reserve
-        if self._used >= limit:
-            now = self._clock().astimezone(UTC)
-            midnight = datetime.combine(now.date() + timedelta(days=1), time(), UTC)
-            raise BudgetSpent(
-                f"the daily upstream budget is spent ({self._used} of {self._daily} calls"
-                f"{'' if purpose == POLLER else f', {self._reserve} kept for the poller'})",
-                retry_after=(midnight - now).total_seconds(),
+        if self._shared:
+            if self._store is None:
+                raise RuntimeError("a shared budget spends only once keep() has loaded it")
+            taken, used = await self._store.sync_state.take_one(
+                BUDGET_STATE_KEY, self._day.isoformat(), limit, self._clock()
             )
-        self._used += 1
-        self._changed()
+            self._used = used
+            self._changed(save=False)
+        else:
+            taken = self._used < limit
+            if taken:
+                self._used += 1
+                self._changed()
+        if not taken:
+            self._spent(purpose)
+
+    def _spent(self, purpose: str) -> None:
+        now = self._clock().astimezone(UTC)
+        midnight = datetime.combine(now.date() + timedelta(days=1), time(), UTC)
+        raise BudgetSpent(
+            f"the daily upstream budget is spent ({self._used} of {self._daily} calls"
+            f"{'' if purpose == POLLER else f', {self._reserve} kept for the poller'})",
+            retry_after=(midnight - now).total_seconds(),
+        )
 
     def _roll(self) -> None:
         today = self._clock().astimezone(UTC).date()
@@ -98,8 +126,9 @@ class CallBudget:
             self._day, self._used = today, 0
             self._changed()
 
-    def _changed(self) -> None:
-        self._dirty.set()
+    def _changed(self, *, save: bool = True) -> None:
+        if save:
+            self._dirty.set()
         if self._on_change is not None:
             self._on_change(self._daily - self._used)
 

@@ -50,6 +50,11 @@ def first_sync_done(conn: sqlite3.Connection) -> bool:
     return bootstrap_completed(read_state(conn, BOOTSTRAP))
 
 
+def lock_key(conn: sqlite3.Connection, key: str) -> None:
+    """Nothing to do: a write transaction (``BEGIN IMMEDIATE``) holds the whole file."""
+
+
 class SyncStateRepo(SyncStateRepoBase[sqlite3.Connection]):
     _read_state = staticmethod(read_state)
     _write_state = staticmethod(write_state)
+    _lock_key = staticmethod(lock_key)

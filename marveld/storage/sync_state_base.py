@@ -46,6 +46,11 @@ class SyncStateRepoBase(ABC, Generic[Conn]):
     @abstractmethod
     def _write_state(self, conn: Conn, values: Mapping[str, Any], now: datetime) -> None: ...
 
+    @abstractmethod
+    def _lock_key(self, conn: Conn, key: str) -> None:
+        """Hold ``key`` for the rest of the transaction, against every other process on the
+        database, even while it has no row yet."""
+
     async def get_many(self, *keys: str) -> dict[str, Any]:
         """The values of ``keys`` (None for a missing one), read in one snapshot."""
 
@@ -59,6 +64,23 @@ class SyncStateRepoBase(ABC, Generic[Conn]):
 
     async def put(self, values: Mapping[str, Any], now: datetime) -> None:
         await self._db.write(lambda conn: self._write_state(conn, values, now))
+
+    async def take_one(self, key: str, day: str, limit: int, now: datetime) -> tuple[bool, int]:
+        """Count one more use of ``key``'s daily counter ``{"day", "used"}`` unless ``limit``
+        are used ``day`` already (a counter of another day starts again at 0), atomically
+        for every process on the database: (taken, used after)."""
+
+        def take(conn: Conn) -> tuple[bool, int]:
+            self._lock_key(conn, key)
+            value = self._read_state(conn, key)
+            same_day = isinstance(value, dict) and value.get("day") == day
+            used = int(value.get("used", 0)) if same_day else 0
+            if used >= limit:
+                return False, used
+            self._write_state(conn, {key: {"day": day, "used": used + 1}}, now)
+            return True, used + 1
+
+        return await self._db.write(take)
 
     async def first_sync_done(self) -> bool:
         return await self._db.read(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
@@ -28,7 +28,7 @@ T = TypeVar("T")
 OnRequest = Callable[[str, float], None]
 """Called once per HTTP attempt with one of :data:`OUTCOMES` and the attempt's seconds."""
 
-BeforeAttempt = Callable[[str], None]
+BeforeAttempt = Callable[[str], Awaitable[None]]
 """Called before each HTTP attempt with the call's purpose ("request" or "poller"); it may
 raise (a spent call budget, an open breaker) to stop the attempt and the call."""
 
@@ -169,7 +169,7 @@ class MarvelClient:
 
         async def attempt() -> T | None:
             if self._before_attempt is not None:
-                self._before_attempt(purpose)
+                await self._before_attempt(purpose)
             started = trio.current_time()
             result = await self._exchange(path, params, headers, parse, what, not_found)
             if self._on_request is not None:

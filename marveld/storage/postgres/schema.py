@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x6D727664_0001
 EVENT_LOCK = 0x6D727664_0002
 NOTIFY_LOCK = 0x6D727664_0003  # the notification saga's step and sweep
+LEADER_LOCK = 0x6D727664_0004  # held for its session by the leader replica
+SYNC_LOCK = 0x6D727664_0005  # held for its session by the replica running a sync
+# The two-key form (int4, int4): "marv" and the hash of a sync_state key.
+SYNC_STATE_LOCKS = 0x6D617276
 
 _V1: tuple[str, ...] = (
     # Accounts. Emails are unique whatever their case; rows are soft-deleted (deleted_at).

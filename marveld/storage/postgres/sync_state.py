@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from marveld.storage.codec import dump_json, load_json
+from marveld.storage.postgres.schema import SYNC_STATE_LOCKS
 from marveld.storage.sync_state_base import BOOTSTRAP, SyncStateRepoBase, bootstrap_completed
 
 
@@ -33,6 +34,13 @@ def first_sync_done(conn: psycopg.Connection) -> bool:
     return bootstrap_completed(read_state(conn, BOOTSTRAP))
 
 
+def lock_key(conn: psycopg.Connection, key: str) -> None:
+    """A transaction-level advisory lock on the key's hash (a row lock cannot hold a key
+    that has no row yet)."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (SYNC_STATE_LOCKS, key))
+
+
 class PgSyncStateRepo(SyncStateRepoBase[psycopg.Connection]):
     _read_state = staticmethod(read_state)
     _write_state = staticmethod(write_state)
+    _lock_key = staticmethod(lock_key)
