@@ -127,7 +127,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except ConfigError as exc:
         print(f"marveld: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    _setup_logging(settings.log.level, settings.log.format)
+    replica = settings.replica.replica_id(settings.grpc.listen.port)
+    # With PostgreSQL several replicas may run: each line says which one wrote it.
+    _setup_logging(
+        settings.log.level, settings.log.format, replica if settings.database.url else None
+    )
     malloc.limit_arenas(environ)  # before trio starts its worker threads
     ensure_descriptors(settings.grpc.max_connections + settings.http.max_connections)
     notifier = systemd.Notifier.from_env(environ)
@@ -303,6 +307,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if replica := getattr(record, "replica", None):
+            entry["replica"] = replica
         if correlation_id := getattr(record, "correlation_id", None):
             entry["correlation_id"] = correlation_id
         entry.update(getattr(record, "fields", {}))  # a request line's method, status, ...
@@ -311,16 +317,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def _setup_logging(level: str, fmt: str = "auto") -> None:
-    """Readable lines on a terminal; JSON lines otherwise (or as ``log.format`` says)."""
+def _setup_logging(level: str, fmt: str = "auto", replica: str | None = None) -> None:
+    """Readable lines on a terminal; JSON lines otherwise (or as ``log.format`` says).
+    ``replica``: a name every line carries (``replica`` in JSON, after the level in text)."""
     handler = logging.StreamHandler(sys.stderr)
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    where = "" if replica is None else "%(replica)s "
     handler.setFormatter(
         JsonFormatter()
         if as_json
-        else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        else TextFormatter(f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s")
     )
-    handler.addFilter(CorrelationFilter())  # each request's lines carry its correlation id
+    # Each request's lines carry its correlation id; each line the replica's name.
+    handler.addFilter(CorrelationFilter(replica))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # httpx logs each request's URL at INFO, and Marvel's signature travels in the URL.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -17,6 +17,7 @@ import difflib
 import json
 import math
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -107,6 +108,7 @@ class CacheSettings:
     memory_entries: int
     memory_megabytes: int
     sweep_interval: float
+    fill_lease: float
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,14 @@ class LogSettings:
     format: str
 
 
+@dataclass(frozen=True)
+class ReplicaSettings:
+    id: str  # "auto": the host name and the gRPC port (see replica_id)
+
+    def replica_id(self, grpc_port: int) -> str:
+        return f"{socket.gethostname()}:{grpc_port}" if self.id == "auto" else self.id
+
+
 @dataclass(frozen=True, repr=False)
 class Secrets:
     marvel_public_key: str
@@ -173,6 +183,7 @@ class Settings:
     auth: AuthSettings
     ratelimit: RateLimitSettings
     log: LogSettings
+    replica: ReplicaSettings
     secrets: Secrets
 
 
@@ -197,6 +208,13 @@ class Setting:
     @property
     def env(self) -> str:
         return f"MARVELD_{self.section}_{self.key}".upper()
+
+
+def _replica_name(name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9._:@-]{1,64}", name):
+        raise ValueError(
+            f"must be 1 to 64 letters, digits or . _ : @ - (a label value), got {_show(name)}"
+        )
 
 
 def _api_root(url: str) -> None:
@@ -291,6 +309,10 @@ SETTINGS: tuple[Setting, ...] = (
             bounds=(0, 1_000_000)),
     Setting("cache", "sweep_interval", "duration", "5m",
             "Time between two sweeps of expired answers out of the SQLite tier."),
+    Setting("cache", "fill_lease", "duration", "3s",
+            "With PostgreSQL: the lease of the replica asking the upstream for a missing "
+            "answer, renewed while it asks; identical misses on the other replicas wait "
+            "for its answer, or for its lease to run out (it died), then one of them asks."),
     Setting("poller", "interval", "duration", "24h", "Time between two syncs with the upstream."),
     Setting("poller", "enabled", "bool", True,
             "Sync in the background: a full sync on first start, then a poll every interval. "
@@ -335,6 +357,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log", "format", "str", "auto",
             "Log line format; auto = text when stderr is a terminal, json otherwise.",
             choices=("auto", "text", "json")),
+    Setting("replica", "id", "str", "auto",
+            "This replica's name in its log lines (with PostgreSQL) and in the metric "
+            "marveld_replica_info; auto = the host name and the gRPC port.",
+            check=_replica_name),
 )  # fmt: skip
 
 _SECTIONS: dict[str, Callable[..., Any]] = {
@@ -342,6 +368,7 @@ _SECTIONS: dict[str, Callable[..., Any]] = {
     "upstream": UpstreamSettings, "cache": CacheSettings, "poller": PollerSettings,
     "notifications": NotificationsSettings,
     "auth": AuthSettings, "ratelimit": RateLimitSettings, "log": LogSettings,
+    "replica": ReplicaSettings,
 }  # fmt: skip
 
 

@@ -64,11 +64,18 @@ def log_request(
 
 class CorrelationFilter(logging.Filter):
     """Puts the current request's id on each record as ``correlation_id`` (None outside a
-    request). Attach it to a handler; the formatters below show it."""
+    request), and ``replica`` (this replica's name) when given. Attach it to a handler;
+    the formatters below show them."""
+
+    def __init__(self, replica: str | None = None) -> None:
+        super().__init__()
+        self._replica = replica
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "correlation_id", None) is None:
             record.correlation_id = CORRELATION_ID.get()
+        if self._replica is not None:
+            record.replica = self._replica
         return True
 
 

@@ -24,16 +24,24 @@ from marveld.metrics import Metrics
 from marveld.services.catalog import LocalCatalog
 from marveld.services.characters import CharacterService
 from marveld.services.guard import BreakerState, CallBudget, CircuitBreaker
+from marveld.services.leader import Duty, Leadership
 from marveld.services.memory_tier import MemoryTier
 from marveld.services.notifications import NotificationService, NotificationSettings
 from marveld.services.poller import Poller
-from marveld.services.ratelimit import LoginThrottle, RateLimiter, RateLimits
+from marveld.services.ratelimit import (
+    LoginThrottle,
+    RateLimiter,
+    RateLimits,
+    SharedLoginThrottle,
+    Throttle,
+)
 from marveld.services.readiness import Readiness, watch_database
 from marveld.services.security import PasswordHasher, TokenIssuer, utc_now
 from marveld.services.sync import SyncService
 from marveld.services.users import UserService
 from marveld.services.webhooks import WebhookService
 from marveld.storage import Store
+from marveld.storage.coordination import Hearing, SharedRates, Signal
 from marveld.systemd import Notifier
 from marveld.upstream import MarvelClient, RetryPolicy
 from marveld.web.app import build_app
@@ -74,12 +82,14 @@ async def run(
     logging.getLogger("hpack").setLevel(max(logging.INFO, logging.getLogger("hpack").level))
     metrics = Metrics()
     secrets, up, cache = settings.secrets, settings.upstream, settings.cache
+    shared = settings.database.url is not None  # PostgreSQL: replicas may share it
+    replica = settings.replica.replica_id(settings.grpc.listen.port)
     budget = CallBudget(
         daily=up.daily_budget,
         poller_reserve=up.poller_reserve,
         clock=clock,
         on_change=metrics.upstream_budget_remaining.set,
-        shared=settings.database.url is not None,  # PostgreSQL: replicas may share it
+        shared=shared,
     )
     g = settings.grpc
     heap = HeapReturn()  # the ports count closed connections; after a flood, it trims
@@ -116,6 +126,7 @@ async def run(
             url=settings.database.url,
             password=secrets.database_password,
             pool_size=settings.database.pool_size,
+            replica=replica,
         ) as store,
         MarvelClient.open(
             base_url=up.url,
@@ -142,7 +153,7 @@ async def run(
             tokens.signing_key_id,
             ", ".join(tokens.verifying_key_ids),
         )
-        limits, throttle = _limits(settings.ratelimit, monotonic)
+        limits, throttle = _limits(settings.ratelimit, monotonic, store.coordination.rates())
         users = UserService(
             store, hasher or PasswordHasher(), tokens, clock, limits=limits, throttle=throttle
         )
@@ -158,6 +169,7 @@ async def run(
                 retention=n.retention,
                 sweep_interval=n.sweep_interval,
             ),
+            shared=shared,
         )
         memory = MemoryTier(
             max_entries=cache.memory_entries,
@@ -182,6 +194,7 @@ async def run(
             sweep_interval=cache.sweep_interval,
             catalog=LocalCatalog(store, clock),
             on_stored=notifications.poke,
+            fill_lease=cache.fill_lease,
         )
         # Every applied change drops the answers it made stale from the memory tier too.
         sync = SyncService(
@@ -213,6 +226,41 @@ async def run(
         readiness.add("database", store.ping)
         readiness.add("listeners", listening.is_set)
         readiness.add("breaker", lambda: breaker.state is BreakerState.CLOSED)
+        signals_ready = readiness.flag("signals") if shared else None
+
+        def hearing_changed(state: Hearing) -> None:
+            """Not ready while other replicas' signals may go unheard; the character
+            service then reads the database rather than its memory tier."""
+            on = state is Hearing.LISTENING
+            metrics.listening.set(on)
+            grpc.set_listening(on)
+            characters.hearing(state)
+            if signals_ready is not None:
+                signals_ready(on)
+
+        def signalled(signal: Signal) -> None:
+            if signal.keys or signal.every_key:
+                characters.forget(signal.keys, every_key=signal.every_key)
+                metrics.signals.labels(kind="forget_all" if signal.every_key else "forget").inc()
+            if signal.position is not None:
+                notifications.heard(signal.position)
+                metrics.signals.labels(kind="notifications").inc()
+            if signal.webhook:
+                webhooks.ring()
+                metrics.signals.labels(kind="webhook").inc()
+
+        # What runs once for the cluster: on the leader (on SQLite, this one process).
+        duties: list[tuple[str, Duty]] = [
+            ("the cache sweeps", characters.sweeps),
+            ("the notification sweeps", notifications.sweeps),
+            ("the webhook worker", webhooks.run),
+        ]
+        if settings.poller.enabled:
+            poller = Poller(sync, clock, interval=settings.poller.interval)
+            duties.append(("the poller", poller.run))
+        else:
+            log.info("poller disabled: TriggerSync and webhooks bring changes")
+        leadership = Leadership(store.coordination, duties, on_change=metrics.leader.set)
 
         # Requests are served during the first sync (read-through), so it is reported
         # but does not make the daemon unready.
@@ -226,6 +274,7 @@ async def run(
             informational={"first_sync"},
         )
         async with trio.open_nursery() as nursery:
+            await nursery.start(store.coordination.watch, signalled, hearing_changed)
             await nursery.start(budget.keep, store)
             await nursery.start(characters.run)
             await nursery.start(notifications.run)
@@ -245,15 +294,16 @@ async def run(
                 h.listen.host,
                 h.listen.port,
             )
-            await nursery.start(webhooks.run)
+            await nursery.start(leadership.run)
             await nursery.start(heap.run)
-            if settings.poller.enabled:
-                poller = Poller(sync, clock, interval=settings.poller.interval)
-                await nursery.start(poller.run)
-            else:
-                log.info("poller disabled: TriggerSync and webhooks bring changes")
+            metrics.identify(replica)
             listening.set()
-            log.info("marveld ready: grpc port %d, http port %d", grpc_port, http_port)
+            log.info(
+                "marveld ready: grpc port %d, http port %d (replica %s)",
+                grpc_port,
+                http_port,
+                replica,
+            )
             await nursery.start(partial(watch_database, store.ping, grpc.set_database_serving))
             await nursery.start(notifier.keep_watchdog)
             notifier.ready(f"serving: grpc port {grpc_port}, http port {http_port}")
@@ -261,21 +311,26 @@ async def run(
 
 
 def _limits(
-    cfg: RateLimitSettings, clock: Callable[[], float]
-) -> tuple[RateLimits, LoginThrottle | None]:
+    cfg: RateLimitSettings, clock: Callable[[], float], shared: SharedRates | None
+) -> tuple[RateLimits, Throttle | None]:
+    """Request limits per replica; the login throttle per replica, or the cluster's when
+    other replicas share the database (``shared``)."""
     if not cfg.enabled:
         log.warning("rate limits and the login throttle are off (ratelimit.enabled = false)")
         return RateLimits(), None
     window = cfg.login_window
-    return (
-        RateLimits(
-            per_user=RateLimiter(cfg.user_rate, cfg.user_burst, clock),
-            per_address=RateLimiter(cfg.anonymous_rate, cfg.anonymous_burst, clock),
-        ),
-        LoginThrottle(
-            per_account=RateLimiter(cfg.login_failures / window, cfg.login_failures, clock),
-            per_address=RateLimiter(
-                cfg.address_login_failures / window, cfg.address_login_failures, clock
-            ),
-        ),
+    per_account = RateLimiter(cfg.login_failures / window, cfg.login_failures, clock)
+    per_address = RateLimiter(
+        cfg.address_login_failures / window, cfg.address_login_failures, clock
     )
+    limits = RateLimits(
+        per_user=RateLimiter(cfg.user_rate, cfg.user_burst, clock),
+        per_address=RateLimiter(cfg.anonymous_rate, cfg.anonymous_burst, clock),
+    )
+    if shared is not None:
+        throttle: Throttle = SharedLoginThrottle(
+            shared, per_account=per_account, per_address=per_address
+        )
+    else:
+        throttle = LoginThrottle(per_account=per_account, per_address=per_address)
+    return limits, throttle

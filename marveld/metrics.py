@@ -153,6 +153,34 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=self.registry,
         )
+        self.leader = Gauge(
+            "marveld_leader",
+            "1 while this replica is the leader (runs the poller, the sweeps and the webhook"
+            " worker for the cluster), else 0.",
+            registry=self.registry,
+        )
+        self.listening = Gauge(
+            "marveld_listening",
+            "1 while this replica hears the others' signals (PostgreSQL LISTEN), else 0.",
+            registry=self.registry,
+        )
+        self.signals = Counter(
+            "marveld_signals_received",
+            "Signals heard from other replicas, by kind (forget, forget_all, notifications,"
+            " webhook).",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def identify(self, replica_id: str) -> None:
+        """``marveld_replica_info{replica_id=...} 1``: which replica these series are of."""
+        info = Gauge(
+            "marveld_replica_info",
+            "Always 1; its label names this replica (MARVELD_REPLICA_ID).",
+            ["replica_id"],
+            registry=self.registry,
+        )
+        info.labels(replica_id=replica_id).set(1)
 
     def cache_result(self, tier: str, result: str) -> None:
         self.cache_requests.labels(tier=tier, result=result).inc()

@@ -145,7 +145,13 @@ async def websocket(
     url = f"ws://127.0.0.1:{http_port}/v1/notifications/ws{query}"
     extra = [(k.encode(), v.encode()) for k, v in headers.items()]
     async with open_websocket_url(url, extra_headers=extra) as ws:
-        yield ws
+        try:
+            yield ws
+        finally:
+            if ws.closed is not None:
+                # trio-websocket 0.12 never closes the TCP stream of a connection whose
+                # server vanished (no close frame, kill -9): close it here, not in the GC.
+                await ws._stream.aclose()
 
 
 async def ws_next(

@@ -79,6 +79,7 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         memory_entries=10_000,
         memory_megabytes=64,
         sweep_interval=300.0,
+        fill_lease=3.0,
     )
     assert s.poller.interval == 86400.0
     assert s.auth == config.AuthSettings(token_ttl=3600.0, issuer="marveld")

@@ -24,6 +24,7 @@ TABLES = {
     "users", "events", "characters", "character_reads", "cache", "cache_characters",
     "notifications", "notification_subscriptions", "notification_characters", "sync_state",
     "webhook_deliveries", "marveld_schema",
+    "fill_leases", "rate_tats",  # version 2: PostgreSQL only (replicas)
 }  # fmt: skip
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+
 import pytest
 
 from marveld.domain.errors import ResourceExhausted
@@ -9,8 +11,11 @@ from marveld.services.ratelimit import (
     LoginThrottle,
     RateLimiter,
     RateLimits,
+    SharedLoginThrottle,
+    Throttle,
     address_key,
 )
+from marveld.storage import Store
 
 
 class Tick:
@@ -143,59 +148,84 @@ def test_rate_limits_raise_resource_exhausted_with_the_wait() -> None:
         unlimited.check_address("203.0.113.7")
 
 
-def throttle(clock: Tick, account: int = 3, address: int = 6) -> LoginThrottle:
+MakeThrottle = Callable[..., Throttle]
+
+
+@pytest.fixture(params=["memory", "postgres"])
+async def throttle(request: pytest.FixtureRequest) -> AsyncIterator[MakeThrottle]:
+    """Makes a login throttle: one process's (in memory), or the one replicas on one
+    PostgreSQL database share (its counts in the database, on the test's clock too)."""
     window = 900.0
-    return LoginThrottle(
-        per_account=RateLimiter(account / window, account, clock),
-        per_address=RateLimiter(address / window, address, clock),
-    )
+
+    def limiters(clock: Tick, account: int, address: int) -> dict[str, RateLimiter]:
+        return {
+            "per_account": RateLimiter(account / window, account, clock),
+            "per_address": RateLimiter(address / window, address, clock),
+        }
+
+    if request.param == "memory":
+        yield lambda clock, account=3, address=6: LoginThrottle(**limiters(clock, account, address))
+        return
+    url = request.getfixturevalue("postgres_url")
+    async with Store.open_url(url) as store:
+        rates = store.coordination.rates()
+        assert rates is not None
+        yield lambda clock, account=3, address=6: SharedLoginThrottle(
+            rates, clock=clock, **limiters(clock, account, address)
+        )
 
 
-def test_an_account_is_throttled_after_its_failures_whoever_asks() -> None:
+async def test_an_account_is_throttled_after_its_failures_whoever_asks(
+    throttle: MakeThrottle,
+) -> None:
     clock = Tick()
     logins = throttle(clock)
     for _ in range(3):
-        logins.begin("victim@example.com", "203.0.113.1")
+        await logins.begin("victim@example.com", "203.0.113.1")
     with pytest.raises(ResourceExhausted, match="too many failed logins") as info:
-        logins.begin("victim@example.com", "198.51.100.2")  # another address: still refused
+        await logins.begin("victim@example.com", "198.51.100.2")  # another address: still refused
     assert info.value.retry_after == pytest.approx(300.0)  # one more attempt per 900 s / 3
-    logins.begin("other@example.com", "203.0.113.1")  # another account is still open
+    await logins.begin("other@example.com", "203.0.113.1")  # another account is still open
     clock.now += 300
-    logins.begin("victim@example.com", "198.51.100.2")
+    await logins.begin("victim@example.com", "198.51.100.2")
 
 
-def test_an_address_is_throttled_after_its_failures_whatever_the_accounts() -> None:
+async def test_an_address_is_throttled_after_its_failures_whatever_the_accounts(
+    throttle: MakeThrottle,
+) -> None:
     clock = Tick()
     logins = throttle(clock)
     for i in range(6):
-        logins.begin(f"user{i}@example.com", "203.0.113.1")
+        await logins.begin(f"user{i}@example.com", "203.0.113.1")
     with pytest.raises(ResourceExhausted):
-        logins.begin("fresh@example.com", "203.0.113.1")
+        await logins.begin("fresh@example.com", "203.0.113.1")
     with pytest.raises(ResourceExhausted):
-        logins.begin(None, "203.0.113.1")  # not an email: the address still counts
-    logins.begin("fresh@example.com", "198.51.100.2")
+        await logins.begin(None, "203.0.113.1")  # not an email: the address still counts
+    await logins.begin("fresh@example.com", "198.51.100.2")
 
 
-def test_success_resets_the_account_and_refunds_only_its_own_attempt() -> None:
+async def test_success_resets_the_account_and_refunds_only_its_own_attempt(
+    throttle: MakeThrottle,
+) -> None:
     clock = Tick()
     logins = throttle(clock)
     for _ in range(2):
-        logins.begin("me@example.com", "203.0.113.1")
-    logins.begin("me@example.com", "203.0.113.1")
-    logins.succeeded("me@example.com", "203.0.113.1")
+        await logins.begin("me@example.com", "203.0.113.1")
+    await logins.begin("me@example.com", "203.0.113.1")
+    await logins.succeeded("me@example.com", "203.0.113.1")
     for _ in range(3):  # the account's count starts over
-        logins.begin("me@example.com", "203.0.113.1")
+        await logins.begin("me@example.com", "203.0.113.1")
     # The address: 2 failures + 1 refunded success + 3 failures = 5 of 6 taken.
-    logins.begin("someone@example.com", "203.0.113.1")
+    await logins.begin("someone@example.com", "203.0.113.1")
     with pytest.raises(ResourceExhausted):
-        logins.begin("someone-else@example.com", "203.0.113.1")
+        await logins.begin("someone-else@example.com", "203.0.113.1")
 
 
-def test_a_refused_attempt_takes_nothing() -> None:
+async def test_a_refused_attempt_takes_nothing(throttle: MakeThrottle) -> None:
     clock = Tick()
     logins = throttle(clock, account=1, address=2)
-    logins.begin("a@example.com", "203.0.113.1")
+    await logins.begin("a@example.com", "203.0.113.1")
     for _ in range(5):
         with pytest.raises(ResourceExhausted):
-            logins.begin("a@example.com", "203.0.113.1")
-    logins.begin("b@example.com", "203.0.113.1")  # the address had one attempt left
+            await logins.begin("a@example.com", "203.0.113.1")
+    await logins.begin("b@example.com", "203.0.113.1")  # the address had one attempt left

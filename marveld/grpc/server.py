@@ -87,6 +87,8 @@ class GrpcFace:
         # replica that cannot reach it.
         self._database = ServiceStatus()
         self._database.set(True)
+        self._signals = ServiceStatus()  # the other replicas heard (PostgreSQL LISTEN)
+        self._signals.set(True)
         self._before_close: list[Callable[[], Awaitable[None]]] = []
 
     def serve(self, *services: Service) -> None:
@@ -108,6 +110,10 @@ class GrpcFace:
         """The overall status ("") follows the database: NOT_SERVING while it is away."""
         self._database.set(serving)
 
+    def set_listening(self, serving: bool) -> None:
+        """... and the other replicas' signals: NOT_SERVING while they may be missed."""
+        self._signals.set(serving)
+
     def _refused(self, path: str, status: Status) -> None:
         """A call answered before grpclib saw it (connections.py): counted like any other
         call of a method we serve (an unknown path would make label values unbounded)."""
@@ -119,7 +125,7 @@ class GrpcFace:
     def _server(self) -> grpclib.server.Server:
         names = [s.name for s in self._services]
         names += ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"]
-        checks: dict[Any, list[ServiceStatus]] = {OVERALL: [self._database]}
+        checks: dict[Any, list[ServiceStatus]] = {OVERALL: [self._database, self._signals]}
         checks.update({s: [self._statuses[s.name]] for s in self._services})
         pool = _Descriptors()
         # HTTP/2 pings on connections with calls in flight (long streams included): a peer

@@ -4,16 +4,21 @@ Policies (DESIGN §5): a fresh TTL; stale-while-revalidate (serve the stale answ
 refresh it once in the background); stale-if-error (serve it when the upstream fails or
 the budget is spent); a short TTL for empty answers; errors never cached. Concurrent misses
 for one key share one upstream call (single-flight): the call runs in this service's own
-nursery, so a caller that gives up does not cancel it for the others.
+nursery, so a caller that gives up does not cancel it for the others. With replicas
+(PostgreSQL) the upstream call is also the cluster's: the replica that asks holds the
+key's fill lease; the others wait for its stored answer (its signal), or for the lease
+to end if it died, then one of them asks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Final
 
 import trio
 
@@ -25,10 +30,14 @@ from marveld.metrics import Metrics
 from marveld.services.catalog import LocalCatalog
 from marveld.services.guard import CircuitBreaker
 from marveld.services.memory_tier import Answer, MemoryTier
-from marveld.storage import Store
+from marveld.storage import CacheEntry, StorageError, Store
+from marveld.storage.coordination import Hearing
 from marveld.upstream import MarvelClient
 
 log = logging.getLogger(__name__)
+
+FILL_LEASE_SECONDS: Final = 3.0
+FILL_GRACE_SECONDS: Final = 0.05  # past the lease, before claiming it again
 
 Fetch = Callable[[str | None], Awaitable[CharacterPage | None]]
 """Ask the upstream, with the etag of the copy we hold; None means 304 Not Modified."""
@@ -84,9 +93,12 @@ class CharacterService:
         sweep_interval: float,
         catalog: LocalCatalog | None = None,
         on_stored: Callable[[], None] | None = None,
+        fill_lease: float = FILL_LEASE_SECONDS,
     ) -> None:
         """``on_stored``: called after each upstream answer is stored (it may have appended
-        events through the read-through diff: the notifier's wake-up)."""
+        events through the read-through diff: the notifier's wake-up). ``fill_lease``:
+        how long identical misses on other replicas wait for this one's upstream call
+        (PostgreSQL) before one of them asks itself."""
         self._store = store
         self._on_stored = on_stored
         self._upstream = upstream
@@ -101,24 +113,37 @@ class CharacterService:
         self._flights: dict[str, _Flight] = {}
         self._refreshing: set[str] = set()
         self._nursery: trio.Nursery | None = None
+        self._hearing = Hearing.LISTENING  # see hearing()
+        self._fill_lease = fill_lease
+        self._fills: dict[str, trio.Event] = {}  # keys another replica is filling
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The nursery for upstream calls and refreshes, and the sweeper of old entries."""
+        """The nursery for upstream calls and refreshes."""
         self._metrics.cache_entries.labels(tier="memory").set_function(lambda: len(self._memory))
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                await self.sweep()
-                nursery.start_soon(self._sweep_forever)
                 task_status.started()
+                await trio.sleep_forever()
         finally:
             self._nursery = None  # closed: a call that comes now is told ShuttingDown
+
+    async def sweeps(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The sweeper of old entries, a leader's duty: a sweep now, then one every
+        ``sweep_interval`` (each replica's memory tier also drops what it sees expired)."""
+        await self.sweep()
+        task_status.started()
+        await self._sweep_forever()
 
     # --- the fast path: plain synchronous code, no awaits ------------------------------------
 
     def fresh(self, key: str) -> tuple[Answer, int] | None:
         """A fresh answer from the memory tier and its age, or None (then call the async
         methods). Cheap enough for the gRPC face to call before it enters trio."""
+        if self._hearing is Hearing.LOST:
+            return None
         answer = self._memory.get(key)
         if answer is None:
             return None
@@ -202,9 +227,27 @@ class CharacterService:
         log.info("cache purge removed %d entries", removed)
         return removed
 
-    def forget(self, keys: Iterable[str]) -> None:
-        """Drop these keys from the memory tier (the SQLite rows are gone already)."""
-        self._memory.forget(keys)
+    def forget(self, keys: Iterable[str], *, every_key: bool = False) -> None:
+        """Drop these keys (or all) from the memory tier: the database rows are gone or
+        replaced already (here, or by another replica, which said so)."""
+        if every_key:
+            self._memory.clear()
+            keys = list(self._fills)
+        else:
+            keys = list(keys)
+            self._memory.forget(keys)
+        for key in keys:  # a replica waiting for another's fill of the key reads it now
+            if (event := self._fills.pop(key, None)) is not None:
+                event.set()
+
+    def hearing(self, state: Hearing) -> None:
+        """How this replica hears the others' invalidations. While they may be missed
+        (LOST), the memory tier is not trusted: every call reads the database, and a copy
+        in memory is served only when the database cannot be read. Listening again after
+        anything else, the memory tier is cleared (what was missed is gone with it)."""
+        if state is Hearing.LISTENING and self._hearing is not Hearing.LISTENING:
+            self._memory.clear()
+        self._hearing = state
 
     # --- the read-through ------------------------------------------------------------------------
     #
@@ -216,6 +259,8 @@ class CharacterService:
     async def _serve(self, key: str, fetch: Fetch) -> Served:
         now = self._clock()
         held = self._memory.get(key)
+        if self._hearing is Hearing.LOST:  # the database first; memory if it cannot say
+            return await self._join(key, lambda: self._load(key, fetch, fallback=held))
         if held is None:
             self._metrics.cache_result("memory", "miss")
             return await self._join(key, lambda: self._load(key, fetch))
@@ -239,21 +284,22 @@ class CharacterService:
             return Served(held, CacheStatus.STALE, _age(now, held.fetched_at))
         return None
 
-    async def _load(self, key: str, fetch: Fetch) -> Served:
-        """The database tier, then (when it has nothing usable) the upstream."""
-        entry = await self._store.cache.get(key)
+    async def _load(self, key: str, fetch: Fetch, *, fallback: Answer | None = None) -> Served:
+        """The database tier, then (when it has nothing usable) the upstream. When the
+        database fails, ``fallback`` (a copy from memory) is served if it is usable."""
+        try:
+            entry = await self._store.cache.get(key)
+        except StorageError:
+            served = None
+            if fallback is not None:
+                served = self._from_cache(key, fetch, fallback, self._clock(), tier="memory")
+            if served is None:
+                raise
+            return served
         if entry is None:
             self._metrics.cache_result(self._store.kind, "miss")
             return await self._renew(key, fetch, None)
-        held = Answer(
-            key=key,
-            page=entry.page,
-            fetched_at=entry.created_at,
-            expires_at=entry.expires_at,
-            etag=entry.etag,
-            encoded=self._encode(key, entry.page),
-            body_fetched_at=entry.body_fetched_at,
-        )
+        held = self._answer(key, entry)
         self._memory.put(held)
         served = self._from_cache(key, fetch, held, self._clock(), tier=self._store.kind)
         return served if served is not None else await self._renew(key, fetch, held)
@@ -272,6 +318,68 @@ class CharacterService:
         return Served(fetched, CacheStatus.MISS, 0)
 
     async def _fetch_and_keep(self, key: str, fetch: Fetch, held: Answer | None) -> Answer:
+        """One upstream call (with the etag of what we hold), stored in both tiers; or,
+        when another replica is filling ``key`` already, the answer it stores."""
+        while True:
+            # Waiting starts before the claim: the filler's signal may come right after it.
+            filled = self._fills.setdefault(key, trio.Event())
+            lease_ends = await self._claim(key)
+            if lease_ends is None:
+                break
+            if await self._wait_for_fill(filled, lease_ends):
+                entry = await self._store.cache.get(key)
+                if entry is not None:
+                    answer = self._answer(key, entry)
+                    self._memory.put(answer)
+                    return answer
+            # the lease ran out (its holder died, or its signal was lost): claim it again
+        if self._fills.get(key) is filled:
+            del self._fills[key]
+        renewing = trio.CancelScope()
+        if self._store.coordination.shared:
+            self._spawn(self._keep_lease, key, renewing)
+        try:
+            return await self._ask_upstream(key, fetch, held)
+        except BaseException:
+            with trio.CancelScope(shield=True), contextlib.suppress(StorageError):
+                await self._store.cache.release_fill(key)  # the others need not wait
+            raise
+        finally:
+            renewing.cancel()
+
+    async def _keep_lease(self, key: str, scope: trio.CancelScope) -> None:
+        """Renew this replica's fill lease of ``key`` while its upstream call runs (with
+        retries it may take longer than a lease): it ends only if this replica dies."""
+        with scope:
+            while True:
+                await trio.sleep(self._fill_lease / 2)
+                with contextlib.suppress(StorageError):
+                    await self._claim(key)
+
+    async def _claim(self, key: str) -> datetime | None:
+        """None when this replica may ask the upstream for ``key`` (it holds the fill
+        lease); else when the lease of the replica filling it ends."""
+        return await self._store.cache.claim_fill(key, now=self._clock(), seconds=self._fill_lease)
+
+    async def _wait_for_fill(self, filled: trio.Event, lease_ends: datetime) -> bool:
+        """Wait until another replica says it stored the key (True) or its lease ends."""
+        seconds = min(self._fill_lease, (lease_ends - self._clock()).total_seconds())
+        with trio.move_on_after(max(0.0, seconds) + FILL_GRACE_SECONDS):
+            await filled.wait()
+        return filled.is_set()
+
+    def _answer(self, key: str, entry: CacheEntry) -> Answer:
+        return Answer(
+            key=key,
+            page=entry.page,
+            fetched_at=entry.created_at,
+            expires_at=entry.expires_at,
+            etag=entry.etag,
+            encoded=self._encode(key, entry.page),
+            body_fetched_at=entry.body_fetched_at,
+        )
+
+    async def _ask_upstream(self, key: str, fetch: Fetch, held: Answer | None) -> Answer:
         """One upstream call (with the etag of what we hold), stored in both tiers."""
         body_fetched_at = None if held is None else held.body_fetched_at or held.fetched_at
         conditional = body_fetched_at is not None and self._policy.conditional(

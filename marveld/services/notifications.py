@@ -9,8 +9,13 @@
   subscribes to the broker and reads once more, so nothing committed in between is
   missed, and live items at or below the last replayed cursor are skipped (no duplicate).
 - ``sent_at`` is recorded in batches (:meth:`delivered`), every ``SENT_FLUSH_SECONDS``.
-- A sweeper deletes notifications older than the retention; resuming below the floor it
-  leaves is ``CursorExpired`` (FAILED_PRECONDITION).
+- **Replicas** (PostgreSQL, ``shared``): every replica runs the saga (its steps take a lock:
+  each event is turned into notifications once for the cluster), but none publishes what
+  its step wrote; a feeder on each replica reads, by cursor, what any saga wrote (woken by
+  its own saga and by the others' signals) and publishes it, so every replica's
+  subscribers get every notification in cursor order.
+- A sweeper (the leader's duty) deletes notifications older than the retention; resuming
+  below the floor it leaves is ``CursorExpired`` (FAILED_PRECONDITION).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from marveld.storage import StorageError, Store
 log = logging.getLogger(__name__)
 
 STEP_EVENTS: Final = 500  # events per saga transaction
+FEED_SPAN: Final = 50  # cursors the feeder reads at once (each may be one per user)
 RECHECK_SECONDS: Final = 5.0
 SENT_FLUSH_SECONDS: Final = 1.0
 REPLAY_PAGE: Final = 500
@@ -169,14 +175,20 @@ class NotificationService:
         metrics: Metrics,
         clock: Callable[[], datetime],
         settings: NotificationSettings | None = None,
+        *,
+        shared: bool = False,
     ) -> None:
+        """``shared``: other replicas' sagas may write notifications too (PostgreSQL), so
+        the broker is fed from the database (:meth:`feed`), not by this saga alone."""
         self.store = store
         self.settings = settings or NotificationSettings()
         self.broker = Broker(metrics, queue_size=self.settings.queue_size)
         self._users = users
         self._metrics = metrics
         self._clock = clock
+        self._shared = shared
         self._poked = trio.Event()
+        self._fed = trio.Event()
         self._unsent: list[str] = []
 
     # --- the saga -----------------------------------------------------------------------------
@@ -185,13 +197,20 @@ class NotificationService:
         """Wake the saga: events were committed (synchronous, from trio code)."""
         self._poked.set()
 
+    def heard(self, position: int) -> None:
+        """Another replica's saga reached ``position``: feed the broker up to it."""
+        if position > self.broker.position:
+            self._fed.set()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The saga, the feeder (with replicas) and the ``sent_at`` flusher."""
         position, _ = await self.store.notifications.positions()
         self.broker.position = position
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._flush_forever)
-                nursery.start_soon(self._sweep_forever)
+                if self._shared:
+                    nursery.start_soon(self._feed_forever)
                 task_status.started()
                 await self._saga()
         finally:
@@ -218,7 +237,10 @@ class NotificationService:
         step = await self.store.notifications.step(self._clock(), limit=STEP_EVENTS)
         for note in step.notifications:
             self._metrics.notifications_created.labels(type=note.type).inc()
-        self.broker.publish(step.notifications, step.position)
+        if self._shared:
+            self._fed.set()  # the feeder publishes it, in cursor order with the others'
+        else:
+            self.broker.publish(step.notifications, step.position)
         if step.notifications:
             log.debug("%d notification(s) up to cursor %d", len(step.notifications), step.position)
         return step.events
@@ -245,7 +267,37 @@ class NotificationService:
             except StorageError as exc:
                 log.warning("recording sent_at failed: %s", exc)
 
-    async def _sweep_forever(self) -> None:
+    # --- the feeder (replicas) ------------------------------------------------------------------
+
+    async def _feed_forever(self) -> None:
+        """Publish what any replica's saga wrote, in cursor order, woken by this saga, by
+        another replica's signal (:meth:`heard`) or, at the latest, every RECHECK_SECONDS."""
+        while True:
+            self._fed = trio.Event()
+            try:
+                more = await self.feed()
+            except StorageError as exc:
+                log.warning("reading new notifications failed, retrying: %s", exc)
+                await trio.sleep(1)
+                continue
+            if more:
+                continue
+            with trio.move_on_after(RECHECK_SECONDS):
+                await self._fed.wait()
+
+    async def feed(self) -> bool:
+        """Publish the next notifications past the broker's position; whether more wait."""
+        batch = await self.store.notifications.feed(after=self.broker.position, span=FEED_SPAN)
+        self.broker.publish(batch.notifications, batch.upto)
+        return batch.upto < batch.position
+
+    # --- retention (the leader's duty) ----------------------------------------------------------
+
+    async def sweeps(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Delete notifications past their retention: now, then every ``sweep_interval``."""
+        task_status.started()
         while True:
             await self.sweep()
             await trio.sleep(self.settings.sweep_interval)

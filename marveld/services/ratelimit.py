@@ -20,14 +20,22 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from marveld.domain.errors import ResourceExhausted
+from marveld.storage.coordination import SharedRates
 
 Clock = Callable[[], float]  # monotonic seconds
 DEFAULT_MAX_KEYS = 100_000  # ~15 MB at most per limiter
 _EVICT_PER_CALL = 2  # idle keys looked at per call: O(1) work, keeps up with any call rate
+
+
+def gcra_wait(tat: float, now: float, tolerance: float) -> float | None:
+    """The seconds a request must wait for a key whose TAT is ``tat``, or None."""
+    wait = tat - now - tolerance
+    return wait if wait > 0 else None
 
 
 class RateLimiter:
@@ -47,12 +55,21 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._tats)
 
+    @property
+    def interval(self) -> float:
+        """Seconds one request pushes a key's TAT on."""
+        return self._interval
+
+    @property
+    def tolerance(self) -> float:
+        """How far ahead of now a key's TAT may be."""
+        return self._tolerance
+
     def check(self, key: str) -> float | None:
         """Take one request for ``key``: None when allowed, else the seconds to wait."""
         now = self._clock()
         tat = max(self._tats.get(key, now), now)
-        wait = tat - now - self._tolerance
-        if wait > 0:
+        if (wait := gcra_wait(tat, now, self._tolerance)) is not None:
             return wait
         self._tats[key] = tat + self._interval
         self._tats.move_to_end(key)
@@ -62,8 +79,7 @@ class RateLimiter:
     def peek(self, key: str) -> float | None:
         """What :meth:`check` would answer, without taking a request."""
         now = self._clock()
-        wait = max(self._tats.get(key, now), now) - now - self._tolerance
-        return wait if wait > 0 else None
+        return gcra_wait(max(self._tats.get(key, now), now), now, self._tolerance)
 
     def refund(self, key: str) -> None:
         """Give back one request taken by :meth:`check`."""
@@ -146,7 +162,7 @@ class LoginThrottle:
         self._accounts = per_account
         self._addresses = per_address
 
-    def begin(self, account: str | None, peer: str) -> None:
+    async def begin(self, account: str | None, peer: str) -> None:
         """Count one attempt; ResourceExhausted when the account or the address has failed
         too often. ``account`` is the normalized email (None when it is not an email), known
         or not: throttling only existing accounts would tell which exist."""
@@ -160,6 +176,68 @@ class LoginThrottle:
         for limiter, key in keys:
             limiter.check(key)
 
-    def succeeded(self, account: str, peer: str) -> None:
+    async def succeeded(self, account: str, peer: str) -> None:
         self._accounts.reset(account)
         self._addresses.refund(address_key(peer))
+
+
+class SharedLoginThrottle:
+    """:class:`LoginThrottle`'s rules, with the counts in the database (``rates``), so
+    that the replicas on one database throttle as one: guesses at one account spread over
+    them are limited as if sent to one. Each attempt is one transaction with the account's
+    and the address's counts locked. The counts are wall-clock times (``clock``, seconds
+    since the epoch): the replicas' clocks must agree to well within the window (NTP)."""
+
+    def __init__(
+        self,
+        rates: SharedRates,
+        *,
+        per_account: RateLimiter,
+        per_address: RateLimiter,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """The limiters say the rates (their interval and tolerance); their own counts
+        are not used."""
+        self._rates = rates
+        self._account = per_account
+        self._address = per_address
+        self._clock = clock
+
+    def _keys(self, account: str | None, peer: str) -> dict[str, RateLimiter]:
+        keys = {f"address:{address_key(peer)}": self._address}
+        if account is not None:
+            keys[f"account:{account}"] = self._account
+        return keys
+
+    async def begin(self, account: str | None, peer: str) -> None:
+        """As :meth:`LoginThrottle.begin`."""
+        keys = self._keys(account, peer)
+        now = self._clock()
+
+        def decide(tats: Mapping[str, float]) -> tuple[dict[str, float | None], float | None]:
+            times = {key: max(tats.get(key, now), now) for key in keys}
+            waits = [
+                wait
+                for key, limiter in keys.items()
+                if (wait := gcra_wait(times[key], now, limiter.tolerance)) is not None
+            ]
+            if waits:
+                return {}, max(waits)
+            return {key: times[key] + limiter.interval for key, limiter in keys.items()}, None
+
+        if (wait := await self._rates.change(list(keys), decide, expired=now)) is not None:
+            raise ResourceExhausted(_retry_message("too many failed logins", wait), wait)
+
+    async def succeeded(self, account: str, peer: str) -> None:
+        """As :meth:`LoginThrottle.succeeded`."""
+        address = f"address:{address_key(peer)}"
+        now = self._clock()
+
+        def decide(tats: Mapping[str, float]) -> tuple[dict[str, float | None], None]:
+            refunded = tats.get(address, now) - self._address.interval
+            return {f"account:{account}": None, address: refunded if refunded > now else None}, None
+
+        await self._rates.change([f"account:{account}", address], decide, expired=now)
+
+
+Throttle = LoginThrottle | SharedLoginThrottle

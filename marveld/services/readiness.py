@@ -35,6 +35,16 @@ class Readiness:
             raise ValueError(f"readiness check {name!r} is already registered")
         self._checks[name] = check
 
+    def flag(self, name: str, *, initially: bool = True) -> Callable[[bool], None]:
+        """A check that passes while the returned setter was last called with True."""
+        state = [initially]
+
+        def setter(value: bool) -> None:
+            state[0] = value
+
+        self.add(name, lambda: state[0])
+        return setter
+
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self._checks)

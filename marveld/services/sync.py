@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 PAGE_SIZE: Final = 100  # Marvel's largest page
 BOOTSTRAP_KIND: Final = "bootstrap"
 POLL_KIND: Final = "poll"
+CLUSTER_RETRY_SECONDS: Final = 0.5  # how often a sync waiting for another's asks again
 BOOTSTRAP_PASSES: Final = 3  # most passes of one first sync (see _bootstrap)
 
 ForgetCached = Callable[[Collection[str]], None]
@@ -139,7 +141,7 @@ class SyncService:
         """One sync now, after any that is running: the bootstrap until it has completed
         (resuming a killed one), then a poll. Raises UpstreamError when the upstream fails
         (what was applied before stays applied)."""
-        async with self._running:
+        async with self._running, self._cluster_turn():
             kind = POLL_KIND if await self.first_sync_done() else BOOTSTRAP_KIND
             started = trio.current_time()
             try:
@@ -159,6 +161,21 @@ class SyncService:
                 report.updated,
             )
             return report
+
+    @asynccontextmanager
+    async def _cluster_turn(self) -> AsyncIterator[None]:
+        """The cluster's sync lock (with replicas, one sync at a time for all of them):
+        taken at once, or after the sync another replica runs, which is logged."""
+        said = False
+        while True:
+            async with self._store.coordination.exclusive("sync") as mine:
+                if mine:
+                    yield
+                    return
+            if not said:
+                log.info("a sync is running on another replica: this one runs after it")
+                said = True
+            await trio.sleep(CLUSTER_RETRY_SECONDS)
 
     async def _bootstrap(self) -> SyncReport:
         saved: dict[str, Any] = await self._store.sync_state.get(BOOTSTRAP) or {}

@@ -18,7 +18,7 @@ from marveld.domain.errors import InvalidArgument, PermissionDenied, Unauthentic
 from marveld.domain.text import check_unicode
 from marveld.domain.users import User, check_name, check_password, normalize_email
 from marveld.services.passwords import load_common_passwords
-from marveld.services.ratelimit import LoginThrottle, RateLimits
+from marveld.services.ratelimit import RateLimits, Throttle
 from marveld.services.security import AccessToken, PasswordHasher, TokenIssuer
 from marveld.storage import Store
 
@@ -42,7 +42,7 @@ class UserService:
         clock: Callable[[], datetime],
         *,
         limits: RateLimits | None = None,
-        throttle: LoginThrottle | None = None,
+        throttle: Throttle | None = None,
         common_passwords: Collection[str] | None = None,
     ) -> None:
         """``common_passwords`` are refused at registration; None: the shipped list."""
@@ -84,7 +84,7 @@ class UserService:
         except InvalidArgument:
             clean_email = ""  # not an address: no account, same answer and same work
         if self._throttle is not None:
-            self._throttle.begin(clean_email or None, peer)
+            await self._throttle.begin(clean_email or None, peer)
         user = await self._store.users.by_email(clean_email) if clean_email else None
         stored = user.password_hash if user is not None and user.deleted_at is None else None
         ok = await trio.to_thread.run_sync(
@@ -93,7 +93,7 @@ class UserService:
         if not ok or user is None:
             raise Unauthenticated("wrong email or password")
         if self._throttle is not None:
-            self._throttle.succeeded(clean_email, peer)
+            await self._throttle.succeeded(clean_email, peer)
         if self._hasher.needs_rehash(user.password_hash):
             new_hash = await trio.to_thread.run_sync(
                 self._hasher.hash, password, limiter=self._hashing

@@ -37,6 +37,7 @@ FETCH_CONCURRENCY: Final = 8  # upstream calls in flight for webhook deliveries
 APPLY_BATCH: Final = 32  # deliveries fetched together, then applied in order
 RETRY_INITIAL: Final = 1.0
 RETRY_MAX: Final = 60.0
+RECHECK_SECONDS: Final = 5.0
 
 
 class WebhooksNotConfigured(MarveldError):
@@ -100,9 +101,13 @@ class WebhookService:
             log.info("webhook %s seen before: not applied again", delivery_id[:12])
             return Receipt(delivery_id, duplicate=True)
         self._metrics.webhook_delivery("accepted")
+        self.ring()
+        return Receipt(delivery_id, duplicate=False)
+
+    def ring(self) -> None:
+        """Wake the worker: a delivery waits (here, or recorded by another replica)."""
         with contextlib.suppress(trio.WouldBlock):  # already rung: it finds this one too
             self._ring.send_nowait(None)
-        return Receipt(delivery_id, duplicate=False)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The worker: apply pending deliveries, oldest first, until cancelled."""
@@ -129,7 +134,10 @@ class WebhookService:
                 await trio.sleep(self._backoff.backoff(failures))
                 continue
             failures = 0
-            await self._doorbell.receive()
+            # Rung by receive() here, or by another replica's signal (ring); the recheck
+            # finds a delivery whose ring was lost (a replica killed, LISTEN down).
+            with trio.move_on_after(RECHECK_SECONDS):
+                await self._doorbell.receive()
 
     async def _pending(self) -> list[Delivery]:
         try:

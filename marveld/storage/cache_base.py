@@ -13,13 +13,14 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic
 
 from marveld.domain.changes import Provenance
 from marveld.domain.characters import CharacterPage
 from marveld.storage.changes_base import Batches
 from marveld.storage.codec import dump_json, load_json
+from marveld.storage.coordination import Announcing, Signal
 from marveld.storage.twins import Conn, Db, utc
 
 # The columns an entry is read from, in the order :func:`cache_entry` takes them.
@@ -75,7 +76,7 @@ class CacheRow:
     body_fetched_at: datetime
 
 
-class CacheRepoBase(ABC, Generic[Conn]):
+class CacheRepoBase(Announcing, ABC, Generic[Conn]):
     """Pages by normalized cache key. Expiry is data: :meth:`get` returns expired entries
     too, and the cache policy decides what to do with them.
 
@@ -83,10 +84,20 @@ class CacheRepoBase(ABC, Generic[Conn]):
     statements; times reach them in UTC (:func:`~marveld.storage.twins.utc`)."""
 
     _batches: Batches[Conn]
+    _leases = False  # whether other processes may fill the same keys (fill leases)
 
     def __init__(self, db: Db[Conn]) -> None:
         self._db = db
         self._log = logging.getLogger(type(self).__module__)  # the backend's logger
+
+    def _claim(self, conn: Conn, key: str, until: datetime, now: datetime) -> datetime | None:
+        """Take the fill lease of ``key`` until ``until``, unless another process holds it
+        past ``now``: None when taken, else when the holder's lease ends."""
+        raise NotImplementedError
+
+    def _release(self, conn: Conn, key: str) -> None:
+        """Drop the fill lease of ``key``, whoever holds it."""
+        raise NotImplementedError
 
     @abstractmethod
     def _first_sync_done(self, conn: Conn) -> bool: ...
@@ -155,9 +166,27 @@ class CacheRepoBase(ABC, Generic[Conn]):
             )
             cache_id = self._upsert(conn, row)
             self._retag(conn, cache_id, ids)
+            if self._leases:
+                self._release(conn, key)  # filled: nobody need wait for it any more
+            self._announce(conn, Signal(keys=(key, *result.forgotten)))  # other replicas' copies
             return result.forgotten
 
         return await self._db.write(upsert)
+
+    async def claim_fill(self, key: str, *, now: datetime, seconds: float) -> datetime | None:
+        """Before asking the upstream for ``key``: None when this process may (it holds the
+        key's fill lease for ``seconds``, or no other process can fill keys: SQLite), else
+        when the lease of the process filling it ends. Storing the key releases it."""
+        if not self._leases:
+            return None
+        stamp = utc(now)
+        until = stamp + timedelta(seconds=seconds)
+        return await self._db.write(lambda conn: self._claim(conn, key, until, stamp))
+
+    async def release_fill(self, key: str) -> None:
+        """Give the fill lease of ``key`` up (the upstream call failed)."""
+        if self._leases:
+            await self._db.write(lambda conn: self._release(conn, key))
 
     async def delete_expired(self, now: datetime) -> int:
         """Remove entries with ``expires_at <= now``; returns how many."""
@@ -168,16 +197,31 @@ class CacheRepoBase(ABC, Generic[Conn]):
         return removed
 
     async def delete(self, key: str) -> bool:
-        return await self._db.write(lambda conn: self._delete(conn, key)) > 0
+        def delete(conn: Conn) -> int:
+            self._announce(conn, Signal(keys=(key,)))
+            return self._delete(conn, key)
+
+        return await self._db.write(delete) > 0
 
     async def delete_for_character(self, marvel_id: int) -> list[str]:
         """Remove every entry that holds the character; returns their keys."""
         key = f"characters/{marvel_id}"
-        return sorted(await self._db.write(lambda conn: self._delete_tagged(conn, marvel_id, key)))
+
+        def delete(conn: Conn) -> list[str]:
+            keys = self._delete_tagged(conn, marvel_id, key)
+            self._announce(conn, Signal(keys=(key, *keys)))
+            return keys
+
+        return sorted(await self._db.write(delete))
 
     async def clear(self) -> int:
         """Remove every entry; returns how many."""
-        return await self._db.write(self._clear)
+
+        def clear(conn: Conn) -> int:
+            self._announce(conn, Signal(every_key=True))
+            return self._clear(conn)
+
+        return await self._db.write(clear)
 
     async def count(self) -> int:
         return await self._db.read(self._count)

@@ -32,6 +32,7 @@ from marveld.domain.characters import Character
 from marveld.domain.invalidation import ChangedNames
 from marveld.domain.queries import LIST_KEY_PREFIX, CharacterQuery
 from marveld.storage.codec import dump_json, load_json
+from marveld.storage.coordination import Announcing, Signal
 from marveld.storage.twins import Conn, Db
 
 # Every list key sorts between these two (``?`` is U+003F, ``@`` U+0040): a range scan of
@@ -276,7 +277,7 @@ class Batches(ABC, Generic[Conn]):
         return tuple(keys)
 
 
-class ChangeRepoBase(Generic[Conn]):
+class ChangeRepoBase(Announcing, Generic[Conn]):
     """Applies batches in their own write transaction (see :meth:`Batches.apply`); a
     backend gives its :class:`Batches`."""
 
@@ -296,7 +297,7 @@ class ChangeRepoBase(Generic[Conn]):
         delivery_id: str | None = None,
     ) -> BatchResult:
         def run(conn: Conn) -> BatchResult:
-            return self._batches.apply(
+            result = self._batches.apply(
                 conn,
                 characters,
                 provenance=provenance,
@@ -305,5 +306,7 @@ class ChangeRepoBase(Generic[Conn]):
                 state=state,
                 delivery_id=delivery_id,
             )
+            self._announce(conn, Signal(keys=result.forgotten))
+            return result
 
         return await self._db.write(run)

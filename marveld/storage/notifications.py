@@ -96,6 +96,12 @@ class NotificationRepo(NotificationRepoBase[sqlite3.Connection]):
             (user_id, after, limit),
         )
 
+    def _feed_rows(self, conn: sqlite3.Connection, after: int, upto: int) -> Iterable[sqlite3.Row]:
+        return conn.execute(
+            SELECT_NOTIFICATIONS + " WHERE n.cursor > ? AND n.cursor <= ? ORDER BY n.cursor",
+            (after, upto),
+        )
+
     def _max_seq(self, conn: sqlite3.Connection) -> int | None:
         row = conn.execute("SELECT MAX(seq) FROM events").fetchone()
         return None if row[0] is None else int(row[0])

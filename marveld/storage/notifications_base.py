@@ -32,6 +32,7 @@ from marveld.domain.notifications import (
     states_at,
 )
 from marveld.storage.codec import dump_json, load_json, text_to_time
+from marveld.storage.coordination import Announcing, Signal
 from marveld.storage.sync_state_base import BOOTSTRAP
 from marveld.storage.twins import Conn, Db, utc
 
@@ -64,6 +65,16 @@ class SagaStep:
     position: int
     events: int
     notifications: tuple[Notification, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """Every user's notifications with a cursor in (after, ``upto``]; ``position`` is the
+    saga's, in the same snapshot (more may be read when ``upto`` is below it)."""
+
+    notifications: tuple[Notification, ...]
+    upto: int
+    position: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +175,7 @@ def notify(
     return created, snapshots
 
 
-class NotificationRepoBase(ABC, Generic[Conn]):
+class NotificationRepoBase(Announcing, ABC, Generic[Conn]):
     """The saga's step, pages by cursor, retention and subscriptions.
 
     A backend gives its ``sync_state`` access, its value decoding (``_to_time``,
@@ -221,6 +232,10 @@ class NotificationRepoBase(ABC, Generic[Conn]):
     @abstractmethod
     def _page_rows(self, conn: Conn, user_id: str, after: int, limit: int) -> Iterable[Row]:
         """Rows of :data:`SELECT_NOTIFICATIONS` for ``user_id`` after ``after``, by cursor."""
+
+    @abstractmethod
+    def _feed_rows(self, conn: Conn, after: int, upto: int) -> Iterable[Row]:
+        """Rows of :data:`SELECT_NOTIFICATIONS`, every user's, with ``after < cursor <= upto``."""
 
     @abstractmethod
     def _max_seq(self, conn: Conn) -> int | None: ...
@@ -291,6 +306,7 @@ class NotificationRepoBase(ABC, Generic[Conn]):
             self._insert(conn, [(seq, dump_json(c)) for seq, c in snapshots], created, now)
         last = events[-1].seq
         self._write_state(conn, {POSITION: last}, now)
+        self._announce(conn, Signal(position=last))  # every replica feeds its own subscribers
         return SagaStep(position=last, events=len(events), notifications=tuple(created))
 
     async def step(self, now: datetime, *, limit: int) -> SagaStep:
@@ -315,6 +331,23 @@ class NotificationRepoBase(ABC, Generic[Conn]):
             return NotificationPage(
                 notifications=notes, position=self._position(conn), floor=self._floor(conn)
             )
+
+        return await self._db.read(read, snapshot=True)
+
+    async def feed(self, *, after: int, span: int) -> Feed:
+        """What the saga wrote after cursor ``after``, at most ``span`` cursors of it: how
+        a replica learns of notifications another replica's saga wrote."""
+
+        def read(conn: Conn) -> Feed:
+            position = self._position(conn)
+            upto = min(position, after + span)
+            if upto <= after:
+                return Feed((), after, position)
+            notes = tuple(
+                notification_from_row(row, to_time=self._to_time)
+                for row in self._feed_rows(conn, after, upto)
+            )
+            return Feed(notes, upto, position)
 
         return await self._db.read(read, snapshot=True)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from marveld.storage.cache import CacheRepo
 from marveld.storage.changes import ChangeRepo
 from marveld.storage.characters import CharacterRepo
+from marveld.storage.coordination import Coordination, LocalCoordination
 from marveld.storage.database import DEFAULT_READERS, Database
 from marveld.storage.notifications import NotificationRepo
 from marveld.storage.reads import ReadRepo
@@ -42,9 +43,13 @@ class Store:
     sync_state: SyncStateRepo
     webhooks: WebhookRepo
     notifications: NotificationRepo
+    coordination: Coordination  # signals between replicas, the leader, cluster locks
 
-    def __init__(self, db: Database | PgDatabase, repos: dict[str, Any]) -> None:
+    def __init__(
+        self, db: Database | PgDatabase, repos: dict[str, Any], coordination: Coordination
+    ) -> None:
         self._db = db
+        self.coordination = coordination
         for name, repo in repos.items():
             setattr(self, name, repo)
 
@@ -70,26 +75,34 @@ class Store:
             "notifications": NotificationRepo(db),
         }
         try:
-            yield cls(db, repos)
+            yield cls(db, repos, LocalCoordination())
         finally:
             await db.close()
 
     @classmethod
     @asynccontextmanager
     async def open_url(
-        cls, url: str, *, password: str | None = None, pool_size: int | None = None
+        cls,
+        url: str,
+        *,
+        password: str | None = None,
+        pool_size: int | None = None,
+        replica: str = "",
     ) -> AsyncIterator[Store]:
         """Connect to the PostgreSQL database at ``url`` (a libpq URL; ``password`` if not
         in it or libpq's environment) and migrate it under an advisory lock. Raises
         ``CannotOpen`` naming the URL without its password, ``SchemaTooNew`` for a database
         written by a newer marveld. The pool is closed on exit."""
         from marveld.storage.postgres import repos as pg
+        from marveld.storage.postgres.coordination import PgCoordination
         from marveld.storage.postgres.database import DEFAULT_POOL_SIZE, PgDatabase
 
-        db = await PgDatabase.open(url, password=password, pool_size=pool_size or DEFAULT_POOL_SIZE)
+        db = await PgDatabase.open(
+            url, password=password, pool_size=pool_size or DEFAULT_POOL_SIZE, replica=replica
+        )
         log.info("store %s open, schema version %d", db.name, db.schema_version)
         try:
-            yield cls(db, pg.repositories(db))
+            yield cls(db, pg.repositories(db), PgCoordination(db))
         finally:
             await db.close()
 
@@ -101,11 +114,13 @@ class Store:
         url: str | None = None,
         password: str | None = None,
         pool_size: int | None = None,
+        replica: str = "",
     ) -> AbstractAsyncContextManager[Store]:
         """PostgreSQL at ``url`` when given (:meth:`open_url`), else SQLite at ``path``
-        (:meth:`open`): what ``database.url`` and ``database.path`` say."""
+        (:meth:`open`): what ``database.url`` and ``database.path`` say. ``replica``
+        names this process in PostgreSQL's ``application_name``."""
         if url is not None:
-            return cls.open_url(url, password=password, pool_size=pool_size)
+            return cls.open_url(url, password=password, pool_size=pool_size, replica=replica)
         return cls.open(path)
 
     @property

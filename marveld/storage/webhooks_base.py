@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Generic, Protocol
 
+from marveld.storage.coordination import Announcing, Signal
 from marveld.storage.twins import Conn, Db, utc
 
 # Applied deliveries are kept this long: a replay needs a fresh timestamp (5 minutes), so a
@@ -56,7 +57,7 @@ def delivery_from_row(
     )
 
 
-class WebhookRepoBase(ABC, Generic[Conn]):
+class WebhookRepoBase(Announcing, ABC, Generic[Conn]):
     """Deliveries by id. A backend gives its statements; times reach them in UTC
     (:func:`~marveld.storage.twins.utc`)."""
 
@@ -96,7 +97,10 @@ class WebhookRepoBase(ABC, Generic[Conn]):
 
         def insert(conn: Conn) -> bool:
             self._forget_applied(conn, stamp - KEEP_APPLIED)
-            return self._insert(conn, delivery)
+            new = self._insert(conn, delivery)
+            if new:
+                self._announce(conn, Signal(webhook=True))  # the leader's worker applies it
+            return new
 
         return await self._db.write(insert)
 

@@ -20,6 +20,7 @@ import psycopg
 
 from marveld.storage.cache_base import COLUMNS, CacheEntry, CacheRepoBase, CacheRow, cache_entry
 from marveld.storage.postgres.changes import BATCHES
+from marveld.storage.postgres.coordination import PgAnnouncing
 from marveld.storage.postgres.sync_state import first_sync_done
 
 __all__ = ["CacheEntry", "PgCacheRepo"]
@@ -33,11 +34,33 @@ def _to_ids(values: Iterable[Any]) -> Iterable[int]:
     return (int(i) for i in values)
 
 
-class PgCacheRepo(CacheRepoBase[psycopg.Connection]):
+class PgCacheRepo(PgAnnouncing, CacheRepoBase[psycopg.Connection]):
     """Pages by normalized cache key: ``timestamptz`` times, ``character_ids`` as ``bigint[]``."""
 
     _batches = BATCHES
     _first_sync_done = staticmethod(first_sync_done)
+    _leases = True  # replicas fill keys: the fill_leases table
+
+    def _claim(
+        self, conn: psycopg.Connection, key: str, until: datetime, now: datetime
+    ) -> datetime | None:
+        taken = conn.execute(
+            "INSERT INTO fill_leases (cache_key, holder, expires_at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (cache_key) DO UPDATE SET holder = excluded.holder,"
+            " expires_at = excluded.expires_at"
+            " WHERE fill_leases.expires_at <= %s OR fill_leases.holder = excluded.holder"
+            " RETURNING holder",
+            (key, self._db.origin, until, now),
+        ).fetchone()
+        if taken is not None:
+            return None
+        held = conn.execute(
+            "SELECT expires_at FROM fill_leases WHERE cache_key = %s", (key,)
+        ).fetchone()
+        return now if held is None else _to_time(held[0])
+
+    def _release(self, conn: psycopg.Connection, key: str) -> None:
+        conn.execute("DELETE FROM fill_leases WHERE cache_key = %s", (key,))
 
     def _select(self, conn: psycopg.Connection, key: str) -> CacheEntry | None:
         row = conn.execute(f"SELECT {COLUMNS} FROM cache WHERE cache_key = %s", (key,)).fetchone()

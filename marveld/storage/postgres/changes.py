@@ -37,6 +37,7 @@ from marveld.storage.changes_base import (
 )
 from marveld.storage.codec import dump_json, load_json
 from marveld.storage.postgres import events as event_log
+from marveld.storage.postgres.coordination import PgAnnouncing
 from marveld.storage.postgres.schema import EVENT_LOCK
 from marveld.storage.postgres.search import stored, tokenize
 from marveld.storage.postgres.sync_state import write_state
@@ -179,7 +180,7 @@ BATCHES = _PgBatches()
 apply_changes = BATCHES.apply
 
 
-class PgChangeRepo(ChangeRepoBase[psycopg.Connection]):
+class PgChangeRepo(PgAnnouncing, ChangeRepoBase[psycopg.Connection]):
     """Applies batches in their own write transaction (see :func:`apply_changes`)."""
 
     _batches = BATCHES

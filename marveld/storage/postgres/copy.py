@@ -130,6 +130,8 @@ _TABLES: tuple[_Table, ...] = (
 
 COPIED: tuple[str, ...] = tuple(t.name for t in _TABLES)
 SKIPPED: tuple[str, ...] = ("cache", "cache_characters")  # refills from the upstream
+# What replicas share, with no SQLite counterpart (there it is in memory): nothing to copy.
+POSTGRES_ONLY: tuple[str, ...] = ("fill_leases", "rate_tats")
 # A target with any of these rows is not empty: it is some marveld's database already.
 _MUST_BE_EMPTY = ("users", "events", "characters")
 

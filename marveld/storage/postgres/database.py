@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -35,6 +36,13 @@ DEFAULT_POOL_SIZE = 8
 CONNECT_SECONDS = 10.0
 POOL_WAIT_SECONDS = 5.0
 POOL_LOG_SECONDS = 60.0
+# A dedicated connection (LISTEN, a session lock) tells a dead peer within about 5 s.
+KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 2,
+    "keepalives_interval": 1,
+    "keepalives_count": 3,
+}
 
 
 class OnePoolLinePerMinute(logging.Filter):
@@ -75,15 +83,21 @@ def redacted(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def _open_pool(url: str, password: str | None, size: int, name: str) -> tuple[ConnectionPool, int]:
+def _open_pool(
+    url: str, password: str | None, size: int, name: str, application: str
+) -> tuple[ConnectionPool, int]:
     """Migrate on a first connection of our own (its error is the server's own words:
     refused, bad password, no such database; the pool would only retry until a timeout),
     then open the pool."""
-    kwargs: dict[str, object] = {"autocommit": True}
+    kwargs: dict[str, object] = {"autocommit": True, "application_name": application}
     if password is not None:
         kwargs["password"] = password
     first = psycopg.connect(
-        url, autocommit=True, password=password, connect_timeout=int(CONNECT_SECONDS)
+        url,
+        autocommit=True,
+        password=password,
+        connect_timeout=int(CONNECT_SECONDS),
+        application_name=application,
     )
     with first as conn:
         version = migrate(conn, name=name)
@@ -108,12 +122,27 @@ def _open_pool(url: str, password: str | None, size: int, name: str) -> tuple[Co
     return pool, version
 
 
+def _application(prefix: str, replica: str) -> str:
+    """An ``application_name``: PostgreSQL keeps its first 63 bytes."""
+    return f"{prefix}-{replica}"[:63] if replica else prefix
+
+
 class PgDatabase:
     """The pool of one PostgreSQL database. Build it with :meth:`open`."""
 
-    def __init__(self, name: str, pool: ConnectionPool, size: int, schema_version: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        pool: ConnectionPool,
+        size: int,
+        schema_version: int,
+        connect: Callable[[str], psycopg.Connection] | None = None,
+    ) -> None:
         self.name = name  # the redacted URL
         self.schema_version = schema_version
+        # Names this process in the signals it sends (it ignores its own).
+        self.origin = uuid.uuid4().hex[:16]
+        self._connect = connect
         self._pool = pool
         self._limiter = trio.CapacityLimiter(size)
         self._closed = False
@@ -122,16 +151,23 @@ class PgDatabase:
 
     @classmethod
     async def open(
-        cls, url: str, *, password: str | None = None, pool_size: int = DEFAULT_POOL_SIZE
+        cls,
+        url: str,
+        *,
+        password: str | None = None,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        replica: str = "",
     ) -> PgDatabase:
         """Connect (within :data:`CONNECT_SECONDS`), migrate under the migration lock, and
-        keep up to ``pool_size`` connections. CannotOpen names the redacted URL."""
+        keep up to ``pool_size`` connections. CannotOpen names the redacted URL. The
+        connections' ``application_name`` is ``marveld-<replica>`` (pg_stat_activity)."""
         if pool_size < 1:
             raise ValueError(f"pool_size must be at least 1, got {pool_size}")
         name = redacted(url)
+        application = _application("marveld", replica)
         try:
             pool, version = await trio.to_thread.run_sync(
-                _open_pool, url, password, pool_size, name
+                _open_pool, url, password, pool_size, name, application
             )
         except PoolTimeout as exc:
             raise CannotOpen(
@@ -140,7 +176,27 @@ class PgDatabase:
         except psycopg.Error as exc:
             raise CannotOpen(f"cannot open database {name}: {exc}") from exc
         log.debug("database %s open (schema %d, pool of %d)", name, version, pool_size)
-        return cls(name, pool, pool_size, version)
+
+        def connect(purpose: str) -> psycopg.Connection:
+            return psycopg.connect(
+                url,
+                autocommit=True,
+                password=password,
+                connect_timeout=int(CONNECT_SECONDS),
+                application_name=_application(f"marveld-{purpose}", replica),
+                **KEEPALIVES,
+            )
+
+        return cls(name, pool, pool_size, version, connect)
+
+    def dedicated(self, purpose: str) -> psycopg.Connection:
+        """A connection of its own, outside the pool, in autocommit mode (blocking: call
+        it in a worker thread): for LISTEN and session locks, which a pooled connection
+        must not keep; ``application_name`` ``marveld-<purpose>-<replica>``. The caller
+        closes it."""
+        if self._connect is None or self._closed:
+            raise StorageError(f"database {self.name} is closed")
+        return self._connect(purpose)
 
     async def write(self, fn: Callable[[psycopg.Connection], T]) -> T:
         """Run ``fn`` in one transaction; roll back if it raises."""

@@ -36,6 +36,7 @@ from marveld.storage.notifications_base import (
     NotificationRepoBase,
     SagaStep,
 )
+from marveld.storage.postgres.coordination import PgAnnouncing
 from marveld.storage.postgres.schema import NOTIFY_LOCK
 from marveld.storage.postgres.sync_state import read_state, write_state
 
@@ -64,7 +65,7 @@ def _rows(conn: psycopg.Connection, sql: str, params: Sequence[Any]) -> list[dic
         return cur.execute(sql, params).fetchall()
 
 
-class PgNotificationRepo(NotificationRepoBase[psycopg.Connection]):
+class PgNotificationRepo(PgAnnouncing, NotificationRepoBase[psycopg.Connection]):
     """The saga and notifications: ``timestamptz`` times, id lists as ``bigint[]``."""
 
     _read_state = staticmethod(read_state)
@@ -133,6 +134,13 @@ class PgNotificationRepo(NotificationRepoBase[psycopg.Connection]):
             SELECT_NOTIFICATIONS
             + " WHERE n.recipient_id = %s AND n.cursor > %s ORDER BY n.cursor LIMIT %s",
             (user_id, after, limit),
+        )
+
+    def _feed_rows(self, conn: psycopg.Connection, after: int, upto: int) -> list[dict[str, Any]]:
+        return _rows(
+            conn,
+            SELECT_NOTIFICATIONS + " WHERE n.cursor > %s AND n.cursor <= %s ORDER BY n.cursor",
+            (after, upto),
         )
 
     def _max_seq(self, conn: psycopg.Connection) -> int | None:

@@ -19,6 +19,10 @@ translations:
   ``COLLATE "C"``;
 - the append-only rule on events is a trigger, as in SQLite.
 
+Version 2 adds what replicas share and a crash may lose (UNLOGGED tables, PostgreSQL
+only: on SQLite one process keeps them in memory): the fill leases and the login
+throttle's counts.
+
 Migrations run at start under the session advisory lock :data:`MIGRATION_LOCK`, so two
 replicas starting at once cannot race; each runs in one transaction with its version bump.
 """
@@ -208,7 +212,31 @@ _V1: tuple[str, ...] = (
     """,
 )
 
-MIGRATIONS: tuple[Sequence[str], ...] = (_V1,)
+_V2: tuple[str, ...] = (
+    # Fill leases: the replica that asks the upstream for a missing answer holds its key
+    # here until it stores the answer (or the lease expires: it died), so that identical
+    # misses on other replicas wait for it instead of asking too. UNLOGGED: a lease is
+    # worth nothing after a crash of the server, and costs no WAL.
+    """
+    CREATE UNLOGGED TABLE fill_leases (
+        cache_key   text COLLATE "C" PRIMARY KEY,
+        holder      text NOT NULL,
+        expires_at  timestamptz NOT NULL
+    )
+    """,
+    # Rate counts replicas share (the login throttle): each key's GCRA "theoretical
+    # arrival time", in seconds since the epoch. A key whose time has passed counts
+    # nothing: such rows are deleted as calls go by (the index finds them).
+    """
+    CREATE UNLOGGED TABLE rate_tats (
+        key  text COLLATE "C" PRIMARY KEY,
+        tat  double precision NOT NULL
+    )
+    """,
+    "CREATE INDEX rate_tats_tat ON rate_tats (tat)",
+)
+
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2)
 LATEST_VERSION = len(MIGRATIONS)
 
 _VERSION_TABLE = """

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from marveld.storage.postgres.coordination import PgAnnouncing
 from marveld.storage.webhooks_base import (
     COLUMNS,
     KEEP_APPLIED,
@@ -37,7 +38,7 @@ def _to_ids(values: Iterable[Any]) -> Iterable[int]:
     return (int(i) for i in values)
 
 
-class PgWebhookRepo(WebhookRepoBase[psycopg.Connection]):
+class PgWebhookRepo(PgAnnouncing, WebhookRepoBase[psycopg.Connection]):
     """Deliveries by id: ``timestamptz`` times, ``ids`` as ``bigint[]``."""
 
     def _forget_applied(self, conn: psycopg.Connection, before: datetime) -> None:
