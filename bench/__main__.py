@@ -3,7 +3,7 @@ that everything is wired."""
 
 import argparse
 
-from bench import arenas, backends, cache, latency, notifications, security, sync
+from bench import arenas, backends, cache, latency, notifications, replicas, security, sync
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -16,3 +16,4 @@ if __name__ == "__main__":
     notifications.main(["--subscribers", "200", "--replay", "5000"] if args.quick else [])
     arenas.main(["--quick", "--rounds", "2"] if args.quick else [])
     backends.main(["--quick", "--rounds", "2"] if args.quick else [])
+    replicas.main(["--quick"] if args.quick else [])
