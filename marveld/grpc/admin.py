@@ -34,6 +34,7 @@ def admin_service(users: UserService, characters: CharacterService, sync: SyncSe
             upstream_calls=report.calls,
             not_modified=report.not_modified,
             run_id=report.run_id,
+            waited_for_another=report.waited,
         )
 
     async def purge_cache(request: pb.PurgeCacheRequest, ctx: CallContext) -> pb.PurgeCacheResponse:

@@ -27,6 +27,7 @@ cache keys the batch invalidated, for the memory tier in front of SQLite.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
@@ -69,6 +70,7 @@ class SyncReport:
     not_modified: bool = False
     added: int = 0
     updated: int = 0
+    waited: bool = False  # another replica's sync ran first
 
     @property
     def outcome(self) -> str:
@@ -141,11 +143,12 @@ class SyncService:
         """One sync now, after any that is running: the bootstrap until it has completed
         (resuming a killed one), then a poll. Raises UpstreamError when the upstream fails
         (what was applied before stays applied)."""
-        async with self._running, self._cluster_turn():
+        async with self._running, self._cluster_turn() as waited:
             kind = POLL_KIND if await self.first_sync_done() else BOOTSTRAP_KIND
             started = trio.current_time()
             try:
                 report = await (self._poll() if kind == POLL_KIND else self._bootstrap())
+                report = dataclasses.replace(report, waited=waited)
             except Exception:
                 self._metrics.sync_run(kind, "failed", trio.current_time() - started)
                 raise
@@ -163,14 +166,14 @@ class SyncService:
             return report
 
     @asynccontextmanager
-    async def _cluster_turn(self) -> AsyncIterator[None]:
+    async def _cluster_turn(self) -> AsyncIterator[bool]:
         """The cluster's sync lock (with replicas, one sync at a time for all of them):
-        taken at once, or after the sync another replica runs, which is logged."""
+        taken at once (False), or after the sync another replica runs (True, logged)."""
         said = False
         while True:
             async with self._store.coordination.exclusive("sync") as mine:
                 if mine:
-                    yield
+                    yield said
                     return
             if not said:
                 log.info("a sync is running on another replica: this one runs after it")

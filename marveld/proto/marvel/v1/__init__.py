@@ -666,6 +666,12 @@ class TriggerSyncResponse(betterproto2.Message):
     The run's id; its events carry correlation id "<kind>:<run_id>".
     """
 
+    waited_for_another: "bool" = betterproto2.field(8, betterproto2.TYPE_BOOL)
+    """
+    With replicas: another replica's sync was running when this one was asked for, so
+    this one ran after it (one sync at a time for the cluster).
+    """
+
 
 default_message_pool.register_message("marvel.v1", "TriggerSyncResponse", TriggerSyncResponse)
 
@@ -997,7 +1003,7 @@ class UserServiceStub(betterproto2_grpclib.ServiceStub):
 from ...google import protobuf as __google__protobuf__
 
 MARVEL_V1_ADMIN_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
-    b'\n\x15marvel/v1/admin.proto\x12\tmarvel.v1"\x14\n\x12TriggerSyncRequest"\xdf\x01\n\x13TriggerSyncResponse\x12\x12\n\x04kind\x18\x01 \x01(\tR\x04kind\x12#\n\rpages_fetched\x18\x02 \x01(\x05R\x0cpagesFetched\x12\x14\n\x05added\x18\x03 \x01(\x05R\x05added\x12\x18\n\x07updated\x18\x04 \x01(\x05R\x07updated\x12%\n\x0eupstream_calls\x18\x05 \x01(\x05R\rupstreamCalls\x12!\n\x0cnot_modified\x18\x06 \x01(\x08R\x0bnotModified\x12\x15\n\x06run_id\x18\x07 \x01(\tR\x05runId"j\n\x11PurgeCacheRequest\x12\x12\n\x03key\x18\x01 \x01(\tH\x00R\x03key\x12#\n\x0ccharacter_id\x18\x02 \x01(\x03H\x00R\x0bcharacterId\x12\x12\n\x03all\x18\x03 \x01(\x08H\x00R\x03allB\x08\n\x06target".\n\x12PurgeCacheResponse\x12\x18\n\x07removed\x18\x01 \x01(\x03R\x07removed2\xa7\x01\n\x0cAdminService\x12L\n\x0bTriggerSync\x12\x1d.marvel.v1.TriggerSyncRequest\x1a\x1e.marvel.v1.TriggerSyncResponse\x12I\n\nPurgeCache\x12\x1c.marvel.v1.PurgeCacheRequest\x1a\x1d.marvel.v1.PurgeCacheResponseb\x06proto3'
+    b'\n\x15marvel/v1/admin.proto\x12\tmarvel.v1"\x14\n\x12TriggerSyncRequest"\x8d\x02\n\x13TriggerSyncResponse\x12\x12\n\x04kind\x18\x01 \x01(\tR\x04kind\x12#\n\rpages_fetched\x18\x02 \x01(\x05R\x0cpagesFetched\x12\x14\n\x05added\x18\x03 \x01(\x05R\x05added\x12\x18\n\x07updated\x18\x04 \x01(\x05R\x07updated\x12%\n\x0eupstream_calls\x18\x05 \x01(\x05R\rupstreamCalls\x12!\n\x0cnot_modified\x18\x06 \x01(\x08R\x0bnotModified\x12\x15\n\x06run_id\x18\x07 \x01(\tR\x05runId\x12,\n\x12waited_for_another\x18\x08 \x01(\x08R\x10waitedForAnother"j\n\x11PurgeCacheRequest\x12\x12\n\x03key\x18\x01 \x01(\tH\x00R\x03key\x12#\n\x0ccharacter_id\x18\x02 \x01(\x03H\x00R\x0bcharacterId\x12\x12\n\x03all\x18\x03 \x01(\x08H\x00R\x03allB\x08\n\x06target".\n\x12PurgeCacheResponse\x12\x18\n\x07removed\x18\x01 \x01(\x03R\x07removed2\xa7\x01\n\x0cAdminService\x12L\n\x0bTriggerSync\x12\x1d.marvel.v1.TriggerSyncRequest\x1a\x1e.marvel.v1.TriggerSyncResponse\x12I\n\nPurgeCache\x12\x1c.marvel.v1.PurgeCacheRequest\x1a\x1d.marvel.v1.PurgeCacheResponseb\x06proto3'
 )
 MARVEL_V1_USERS_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
     b'\n\x15marvel/v1/users.proto\x12\tmarvel.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\x15\n\x13GetMyProfileRequest"\xbd\x01\n\x0bUserProfile\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n\x05email\x18\x03 \x01(\tR\x05email\x129\n\ncreated_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt2U\n\x0bUserService\x12F\n\x0cGetMyProfile\x12\x1e.marvel.v1.GetMyProfileRequest\x1a\x16.marvel.v1.UserProfileb\x06proto3'
