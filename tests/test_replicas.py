@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 from marveld.proto.marvel import v1 as pb
 from marveld.sim import SimHandle
 from tests.calls import list_characters, login, register_and_login, status_of
-from tests.notify_clients import grpc_stream, websocket, ws_next
+from tests.notify_clients import websocket, ws_next
 from tests.replicas import Replica, cluster, leaders
 from tests.test_notifications import HULK, change
 from tests.test_notify_crash import CAPTAIN_AMERICA
@@ -118,77 +120,118 @@ async def test_a_replica_that_loses_listen_says_so_and_listens_again(
         assert "LISTEN connection" not in a.log.read_text()  # the other one's was not touched
 
 
+SUBSCRIBERS = 300  # half gRPC streams, half WebSockets, a third on each replica
+USERS = 100  # each with three subscribers
+CHANGES = 50
+
+
+@dataclass
+class Subscriber:
+    """One live stream: its user, where it is now, what it received (cursor, text)."""
+
+    auth: dict[str, str]
+    kind: str  # "grpc" or "ws"
+    at: Replica
+    got: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def cursor(self) -> int | None:
+        return self.got[-1][0] if self.got else None
+
+
 async def test_notifications_reach_subscribers_on_every_replica_and_survive_a_kill(
     sim: SimHandle, tmp_path: Path, postgres_url: str
 ) -> None:
-    """Two subscribers per replica (a gRPC stream and a WebSocket), changes applied
-    through each replica in turn, the third replica killed halfway: its subscribers resume
-    on the others with their cursors; everyone gets every change once, in order."""
+    """300 subscribers (gRPC streams and WebSockets) spread over 3 replicas; 50 changes
+    synced through random replicas; one replica killed halfway, its subscribers resuming
+    on the others with their cursors. Every subscriber receives all 50 in order, none
+    lost, none twice."""
+    pick = random.Random(15)
     changes = [
-        (marvel_id, f"Change {i}.")
-        for i, marvel_id in enumerate((HULK, SPIDER_MAN, CAPTAIN_AMERICA) * 2, start=1)
+        (pick.choice((HULK, SPIDER_MAN, CAPTAIN_AMERICA)), f"Change {i}.")
+        for i in range(1, CHANGES + 1)
     ]
     async with cluster(tmp_path, sim, postgres_url) as replicas:
-        a, b, c = replicas
+        a, _, c = replicas
         admin = await make_admin(a.m)
         await trigger_sync(a.m, admin)  # the bulk import: no notifications
-        received: dict[str, list[tuple[int, str]]] = {}
-        live: dict[str, trio.Event] = {}
+        users = []
+        for u in range(USERS):
+            users.append(await register_and_login(replicas[u % 3].m, f"fan{u}@example.com"))
+        subscribers = [
+            Subscriber(users[i // 3], "grpc" if i % 2 == 0 else "ws", replicas[i % 3])
+            for i in range(SUBSCRIBERS)
+        ]
 
-        async def subscriber(name: str, home: Replica, kind: str) -> None:
-            auth = await register_and_login(home.m, f"{name}@example.com")
-            got = received.setdefault(name, [])
-            live[name] = trio.Event()
-            at, cursor = home, None
-            while len(got) < len(changes):
-                try:
-                    follow = _follow_grpc if kind == "grpc" else _follow_ws
-                    cursor = await follow(at, auth, cursor, got, live[name], len(changes))
-                except (GRPCError, OSError, ConnectionClosed, HandshakeError):
-                    pass  # the replica died under it
-                if len(got) < len(changes):  # its replica is gone: resume on another
-                    at = next(r for r in replicas if r.alive and r is not at)
+        async def lane(r: Replica) -> None:
+            """The gRPC subscribers on ``r``, then wherever those left over resume."""
+            mine = [s for s in subscribers if s.kind == "grpc" and s.at is r]
+            while mine:
+                await _grpc_batch(mine[0].at, mine)
+                mine = [s for s in mine if len(s.got) < CHANGES]
+                for s in mine:  # its replica is gone: resume on another, from its cursor
+                    s.at = next(other for other in replicas if other.alive)
 
-        with trio.fail_after(120):
+        async def websocket_subscriber(s: Subscriber) -> None:
+            while len(s.got) < CHANGES:
+                with contextlib.suppress(OSError, ConnectionClosed, HandshakeError):
+                    await _follow_ws(s.at, s.auth, s.cursor, s.got, trio.Event(), CHANGES)
+                if len(s.got) < CHANGES:
+                    s.at = next(other for other in replicas if other.alive)
+
+        with trio.fail_after(150):
             async with trio.open_nursery() as nursery:
                 for r in replicas:
-                    nursery.start_soon(subscriber, f"grpc-{r.name}", r, "grpc")
-                    nursery.start_soon(subscriber, f"ws-{r.name}", r, "ws")
-                await wait_until(lambda: len(live) == 6 and all(e.is_set() for e in live.values()))
+                    nursery.start_soon(lane, r)
+                for s in subscribers:
+                    if s.kind == "ws":
+                        nursery.start_soon(websocket_subscriber, s)
+                await wait_until(
+                    partial(_live, replicas, SUBSCRIBERS), seconds=30, what="every stream live"
+                )
                 for i, (marvel_id, text) in enumerate(changes):
-                    if i == 3:
+                    if i == CHANGES // 2:
                         await c.kill()  # halfway: its subscribers resume elsewhere
-                    through = (a, b, c)[i % 3] if i < 3 else (a, b)[i % 2]
+                    through = pick.choice([r for r in replicas if r.alive])
                     await change(through.m, marvel_id, text, webhook=False)
                     await trigger_sync(through.m, admin)
         expected = [text for _, text in changes]
-        for name, got in received.items():
-            assert [text for _, text in got] == expected, name
-            cursors = [cursor for cursor, _ in got]
-            assert cursors == sorted(set(cursors)), name  # in order, none twice
+        for s in subscribers:
+            assert [text for _, text in s.got] == expected
+            cursors = [cursor for cursor, _ in s.got]
+            assert cursors == sorted(set(cursors))  # in order, none twice
 
 
-async def _follow_grpc(
-    at: Replica,
-    auth: dict[str, str],
-    cursor: int | None,
-    got: list[tuple[int, str]],
-    live: trio.Event,
-    want: int,
-) -> int | None:
-    """Follow a gRPC stream on ``at`` until ``want`` are in ``got`` or it ends; the cursor
-    to resume from."""
-    async with grpc_stream(at.m.client, auth, after_cursor=cursor) as stream:
-        while len(got) < want:
-            item = await stream.next(seconds=60, heartbeats=True)
-            if not isinstance(item, pb.Notification):
-                return cursor
-            if item.heartbeat:
-                live.set()
-                continue
-            cursor = item.cursor
-            got.append((item.cursor, item.character.description))
-    return cursor
+async def _live(replicas: list[Replica], n: int) -> bool:
+    total = 0.0
+    for r in replicas:
+        for channel in ("grpc", "websocket"):
+            total += await r.metric("marveld_notification_subscribers", f'channel="{channel}"')
+    return total >= n
+
+
+async def _grpc_batch(r: Replica, subscribers: list[Subscriber]) -> None:
+    """Follow each subscriber's stream on ``r`` (all on ``r``'s client connection, in its
+    asyncio loop) until it has every change or the stream fails."""
+
+    async def follow(s: Subscriber) -> None:
+        stub = pb.NotificationServiceStub(r.m.client.channel)
+        request = pb.SubscribeRequest(after_cursor=s.cursor)
+        with contextlib.suppress(GRPCError, StreamTerminatedError, ConnectionError, OSError):
+            async for note in stub.subscribe(request, metadata=s.auth, timeout=150):
+                if not note.heartbeat:
+                    s.got.append((note.cursor, note.character.description))
+                    if len(s.got) == CHANGES:
+                        return
+
+    async def every() -> None:
+        await asyncio.gather(*(follow(s) for s in subscribers))
+
+    done = asyncio.run_coroutine_threadsafe(every(), r.m.client._loop)
+    try:
+        await trio.to_thread.run_sync(done.result, 150, abandon_on_cancel=True)
+    finally:
+        done.cancel()
 
 
 async def _follow_ws(
