@@ -408,3 +408,24 @@ async def test_wrong_passwords_spread_over_the_replicas_are_throttled_as_if_sent
             refused = await status_of(r.m, login("victim@example.com"))
             assert refused.status is Status.RESOURCE_EXHAUSTED
             assert "too many failed logins" in (refused.message or "")
+
+
+async def test_the_daily_budget_holds_for_the_cluster_across_a_restart_of_every_replica(
+    sim: SimHandle, tmp_path: Path, postgres_url: str
+) -> None:
+    budget = {"MARVELD_UPSTREAM_DAILY_BUDGET": "12", "MARVELD_UPSTREAM_POLLER_RESERVE": "2"}
+    names = iter(f"Name{n}" for n in range(1000))  # distinct misses: one call each
+
+    async def spend(replicas: list[Replica], auth: dict[str, str]) -> None:
+        for _ in range(6):
+            for r in replicas:
+                with contextlib.suppress(GRPCError):
+                    await list_characters(r.m, auth, name_starts_with=next(names))
+
+    async with cluster(tmp_path, sim, postgres_url, **budget) as replicas:
+        auth = await register_and_login(replicas[0].m)
+        await spend(replicas, auth)  # 18 misses, over 3 replicas
+        assert sim.state.requests == 10  # the budget less the poller's reserve
+    async with cluster(tmp_path, sim, postgres_url, **budget) as replicas:  # all restarted
+        await spend(replicas, auth)
+        assert sim.state.requests == 10  # the same day: nothing more
