@@ -44,13 +44,20 @@ async def service_of(
     """A character service in front of ``sim``, not yet running."""
     async with (
         Store.open(tmp_path / "marveld.db") as store,
-        MarvelClient.open(
-            base_url=sim.url,
-            public_key=PUBLIC_KEY,
-            private_key=PRIVATE_KEY,
-            retry=RetryPolicy(max_attempts=1, backoff_initial=0.01, backoff_max=0.01),
-        ) as marvel,
+        service_on(sim, store, clock) as service,
     ):
+        yield service
+
+
+@asynccontextmanager
+async def service_on(sim: SimHandle, store: Store, clock: Clock) -> AsyncIterator[CharacterService]:
+    """A character service on ``store`` in front of ``sim``, not yet running."""
+    async with MarvelClient.open(
+        base_url=sim.url,
+        public_key=PUBLIC_KEY,
+        private_key=PRIVATE_KEY,
+        retry=RetryPolicy(max_attempts=1, backoff_initial=0.01, backoff_max=0.01),
+    ) as marvel:
         yield CharacterService(
             store,
             marvel,

@@ -20,17 +20,12 @@ import trio
 
 from marveld.domain.characters import CharacterPage
 from marveld.domain.queries import CharacterQuery
-from marveld.grpc import convert
-from marveld.metrics import Metrics
 from marveld.services.characters import CacheStatus, CharacterService
-from marveld.services.guard import CircuitBreaker
-from marveld.services.memory_tier import MemoryTier
 from marveld.sim import SimHandle
 from marveld.storage import Store
 from marveld.storage.coordination import Hearing
-from marveld.upstream import MarvelClient, RetryPolicy
-from tests.conftest import PRIVATE_KEY, PUBLIC_KEY, Clock
-from tests.test_characters_shutdown import POLICY
+from tests.conftest import Clock
+from tests.test_characters_shutdown import service_on
 
 QUERY = CharacterQuery.parse(name_starts_with="Hulk")
 
@@ -47,27 +42,10 @@ def where(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, object]:
 async def running_service(
     sim: SimHandle, store: Store, clock: Clock
 ) -> AsyncIterator[CharacterService]:
-    async with MarvelClient.open(
-        base_url=sim.url,
-        public_key=PUBLIC_KEY,
-        private_key=PRIVATE_KEY,
-        retry=RetryPolicy(max_attempts=1, backoff_initial=0.01, backoff_max=0.01),
-    ) as marvel:
-        service = CharacterService(
-            store,
-            marvel,
-            CircuitBreaker(failures=5, cooldown=30, clock=clock.monotonic),
-            MemoryTier(max_entries=100, max_bytes=1 << 24),
-            Metrics(),
-            clock,
-            policy=POLICY,
-            encode=convert.encode_answer,
-            sweep_interval=3600,
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(service.run)
-            yield service
-            nursery.cancel_scope.cancel()
+    async with service_on(sim, store, clock) as service, trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        yield service
+        nursery.cancel_scope.cancel()
 
 
 async def rewrite(other: Store, clock: Clock, page: CharacterPage, text: str) -> None:

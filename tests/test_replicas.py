@@ -413,7 +413,14 @@ async def test_wrong_passwords_spread_over_the_replicas_are_throttled_as_if_sent
 async def test_the_daily_budget_holds_for_the_cluster_across_a_restart_of_every_replica(
     sim: SimHandle, tmp_path: Path, postgres_url: str
 ) -> None:
-    budget = {"MARVELD_UPSTREAM_DAILY_BUDGET": "12", "MARVELD_UPSTREAM_POLLER_RESERVE": "2"}
+    budgeted = partial(
+        cluster,
+        tmp_path,
+        sim,
+        postgres_url,
+        MARVELD_UPSTREAM_DAILY_BUDGET="12",
+        MARVELD_UPSTREAM_POLLER_RESERVE="2",
+    )
     names = iter(f"Name{n}" for n in range(1000))  # distinct misses: one call each
 
     async def spend(replicas: list[Replica], auth: dict[str, str]) -> None:
@@ -422,10 +429,10 @@ async def test_the_daily_budget_holds_for_the_cluster_across_a_restart_of_every_
                 with contextlib.suppress(GRPCError):
                     await list_characters(r.m, auth, name_starts_with=next(names))
 
-    async with cluster(tmp_path, sim, postgres_url, **budget) as replicas:
+    async with budgeted() as replicas:
         auth = await register_and_login(replicas[0].m)
         await spend(replicas, auth)  # 18 misses, over 3 replicas
         assert sim.state.requests == 10  # the budget less the poller's reserve
-    async with cluster(tmp_path, sim, postgres_url, **budget) as replicas:  # all restarted
+    async with budgeted() as replicas:  # every replica restarted
         await spend(replicas, auth)
         assert sim.state.requests == 10  # the same day: nothing more
