@@ -169,30 +169,63 @@ def synced_daemon(procs: Any, user: str) -> Synced:
     return Synced(sim, daemon, db, admin, auth)
 
 
+class Subscribers(NamedTuple):
+    """Client processes holding Subscribe streams (:func:`subscriber_worker`)."""
+
+    pipes: list[Connection]
+    children: list[multiprocessing.process.BaseProcess]
+
+    @classmethod
+    def start(
+        cls, targets: list[tuple[int, int]], auth: dict[str, str], per_channel: int
+    ) -> Subscribers:
+        """One process per (gRPC port, stream count) of ``targets``."""
+        ctx = multiprocessing.get_context("spawn")
+        started = cls([], [])
+        for port, count in targets:
+            parent, child = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=subscriber_worker, args=(port, auth, count, per_channel, child)
+            )
+            proc.start()
+            child.close()
+            started.pipes.append(parent)
+            started.children.append(proc)
+        return started
+
+    def failed(self) -> bool:
+        return any(p.exitcode not in (None, 0) for p in self.children)
+
+    def received(self) -> list[tuple[str, float]]:
+        """(event id, receive time) of every stream, process by process, in order."""
+        got: list[tuple[str, float]] = []
+        for parent in self.pipes:
+            if not parent.poll(WAIT_SECONDS):
+                raise RuntimeError("a client process did not report")
+            got += parent.recv()
+        return got
+
+    def stop(self) -> None:
+        for proc in self.children:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
 def fan_out(
     subscribers: int, workers: int, per_channel: int = STREAMS_PER_CHANNEL
 ) -> dict[str, Any]:
     with processes() as procs:
         sim, daemon, db, admin, auth = synced_daemon(procs, "Fan")
         rss_before = rss_kib(daemon.pid)
-        ctx = multiprocessing.get_context("spawn")
-        pipes, children = [], []
         started = time.monotonic()
-        for w in range(workers):
-            count = subscribers // workers + (w < subscribers % workers)
-            parent, child = ctx.Pipe(duplex=False)
-            proc = ctx.Process(
-                target=subscriber_worker,
-                args=(daemon.grpc_port, auth, count, per_channel, child),
-            )
-            proc.start()
-            child.close()
-            pipes.append(parent)
-            children.append(proc)
+        counts = [subscribers // workers + (w < subscribers % workers) for w in range(workers)]
+        clients = Subscribers.start([(daemon.grpc_port, n) for n in counts], auth, per_channel)
         try:
 
             def all_subscribed() -> bool:
-                if any(p.exitcode not in (None, 0) for p in children):
+                if clients.failed():
                     raise RuntimeError("a client process failed")
                 return gauges(daemon, SUBSCRIBERS)[0] >= subscribers
 
@@ -206,17 +239,9 @@ def fan_out(
                 timeout=10,
             ).raise_for_status()
             trigger_sync(daemon.grpc_port, admin)
-            received: list[tuple[str, float]] = []
-            for parent in pipes:
-                if not parent.poll(WAIT_SECONDS):
-                    raise RuntimeError("a client process did not report")
-                received += parent.recv()
+            received = clients.received()
         finally:
-            for proc in children:
-                proc.join(10)
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join()
+            clients.stop()
         with closing(sqlite3.connect(db)) as conn:
             committed = {
                 row[0]: datetime.fromisoformat(row[1]).timestamp()

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
 import re
 import statistics
@@ -63,9 +62,8 @@ from bench.harness import (
 )
 from bench.notifications import (
     STREAMS_PER_CHANNEL,
-    WAIT_SECONDS,
+    Subscribers,
     grpc_call,
-    subscriber_worker,
     trigger_sync,
     wait_for,
 )
@@ -284,23 +282,13 @@ def fan_out(replicas: dict[str, Daemon], sim: Sim, url: str, subscribers: int) -
     admin = grpc_call(r1.grpc_port, lambda ch: login(ch, "Fanadmin"))
     trio.run(promote, url, "fanadmin@example.com")
     auth = grpc_call(r1.grpc_port, lambda ch: login(ch, "Fan"))
-    ctx = multiprocessing.get_context("spawn")
-    pipes, children = [], []
-    for i, daemon in enumerate((r1, r2)):
-        count = subscribers // 2 + (i < subscribers % 2)
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(
-            target=subscriber_worker,
-            args=(daemon.grpc_port, auth, count, STREAMS_PER_CHANNEL, child),
-        )
-        proc.start()
-        child.close()
-        pipes.append(parent)
-        children.append(proc)
+    half = subscribers // 2 + subscribers % 2
+    targets = [(r1.grpc_port, half), (r2.grpc_port, subscribers - half)]
+    clients = Subscribers.start(targets, auth, STREAMS_PER_CHANNEL)
     try:
 
         def all_subscribed() -> bool:
-            if any(p.exitcode not in (None, 0) for p in children):
+            if clients.failed():
                 raise RuntimeError("a client process failed")
             return sum(gauges(d, SUBSCRIBERS)[0] for d in (r1, r2)) >= subscribers
 
@@ -312,17 +300,9 @@ def fan_out(replicas: dict[str, Daemon], sim: Sim, url: str, subscribers: int) -
             timeout=TIMEOUT,
         ).raise_for_status()
         trigger_sync(r1.grpc_port, admin)
-        received: list[tuple[str, float]] = []
-        for parent in pipes:
-            if not parent.poll(WAIT_SECONDS):
-                raise RuntimeError("a client process did not report")
-            received += parent.recv()
+        received = clients.received()
     finally:
-        for proc in children:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        clients.stop()
     with psycopg.connect(url) as conn:
         committed = {
             str(event_id): float(at)
@@ -330,7 +310,6 @@ def fan_out(replicas: dict[str, Daemon], sim: Sim, url: str, subscribers: int) -
                 "SELECT id, extract(epoch FROM created_at) FROM events"
             ).fetchall()
         }
-    half = subscribers // 2 + subscribers % 2
     by_replica = {"r1": received[:half], "r2": received[half:]}
     delays = {
         name: sorted(at - committed[event_id] for event_id, at in got if event_id)
