@@ -20,6 +20,7 @@ from marveld.domain.users import User
 from marveld.storage import Store
 from marveld.storage.codec import text_to_time
 from marveld.storage.notifications import FLOOR, POSITION
+from marveld.storage.notifications_base import Feed
 from marveld.storage.webhooks import KEEP_APPLIED
 from tests.stores import rows
 from tests.test_storage import T0, character
@@ -248,6 +249,35 @@ async def test_pages_follow_the_cursor_in_order_one_user_at_a_time(store: Store)
 
 def _cur(note: Notification) -> int:
     return note.cursor
+
+
+async def test_the_feed_gives_every_users_notifications_in_whole_cursors(store: Store) -> None:
+    """What a replica's feeder reads: all users' notifications after a cursor, about
+    ``limit`` at a time but never half a cursor (each cursor here has 3 notifications)."""
+    users = [await user(store, name) for name in ("Ann", "Bob", "Cid")]
+    await apply(store, *(character(i) for i in range(1, 6)))
+    step = await store.notifications.step(LATER, limit=STEP)
+    assert len(step.notifications) == 15
+
+    feeds, after = [], 0
+    while True:
+        feed = await store.notifications.feed(after=after, limit=7)
+        feeds.append(([n.cursor for n in feed.notifications], feed.upto, feed.position))
+        if feed.upto == feed.position:
+            break
+        after = feed.upto
+    # 7 rows would cut cursor 3: two whole cursors (6 rows), then the same again, then one.
+    assert feeds == [
+        ([1, 1, 1, 2, 2, 2], 2, 5),
+        ([3, 3, 3, 4, 4, 4], 4, 5),
+        ([5, 5, 5], 5, 5),
+    ]
+    # A cursor with more notifications than the limit comes whole.
+    whole = await store.notifications.feed(after=0, limit=2)
+    assert ([n.cursor for n in whole.notifications], whole.upto) == ([1, 1, 1], 1)
+    assert {n.recipient_id for n in whole.notifications} == {u.id for u in users}
+    # Nothing past the saga's position.
+    assert await store.notifications.feed(after=5, limit=7) == Feed((), 5, 5)
 
 
 # --- retention -------------------------------------------------------------------------------

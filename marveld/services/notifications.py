@@ -38,7 +38,7 @@ from marveld.storage import StorageError, Store
 log = logging.getLogger(__name__)
 
 STEP_EVENTS: Final = 500  # events per saga transaction
-FEED_SPAN: Final = 50  # cursors the feeder reads at once (each may be one per user)
+FEED_ROWS: Final = 5000  # notifications the feeder reads at once (whole cursors)
 RECHECK_SECONDS: Final = 5.0
 SENT_FLUSH_SECONDS: Final = 1.0
 REPLAY_PAGE: Final = 500
@@ -287,7 +287,7 @@ class NotificationService:
 
     async def feed(self) -> bool:
         """Publish the next notifications past the broker's position; whether more wait."""
-        batch = await self.store.notifications.feed(after=self.broker.position, span=FEED_SPAN)
+        batch = await self.store.notifications.feed(after=self.broker.position, limit=FEED_ROWS)
         self.broker.publish(batch.notifications, batch.upto)
         return batch.upto < batch.position
 

@@ -96,10 +96,13 @@ class NotificationRepo(NotificationRepoBase[sqlite3.Connection]):
             (user_id, after, limit),
         )
 
-    def _feed_rows(self, conn: sqlite3.Connection, after: int, upto: int) -> Iterable[sqlite3.Row]:
+    def _feed_rows(
+        self, conn: sqlite3.Connection, after: int, upto: int, limit: int | None
+    ) -> Iterable[sqlite3.Row]:
         return conn.execute(
-            SELECT_NOTIFICATIONS + " WHERE n.cursor > ? AND n.cursor <= ? ORDER BY n.cursor",
-            (after, upto),
+            SELECT_NOTIFICATIONS
+            + " WHERE n.cursor > ? AND n.cursor <= ? ORDER BY n.cursor LIMIT ?",
+            (after, upto, -1 if limit is None else limit),  # LIMIT -1: no limit
         )
 
     def _max_seq(self, conn: sqlite3.Connection) -> int | None:

@@ -234,8 +234,9 @@ class NotificationRepoBase(Announcing, ABC, Generic[Conn]):
         """Rows of :data:`SELECT_NOTIFICATIONS` for ``user_id`` after ``after``, by cursor."""
 
     @abstractmethod
-    def _feed_rows(self, conn: Conn, after: int, upto: int) -> Iterable[Row]:
-        """Rows of :data:`SELECT_NOTIFICATIONS`, every user's, with ``after < cursor <= upto``."""
+    def _feed_rows(self, conn: Conn, after: int, upto: int, limit: int | None) -> Iterable[Row]:
+        """Up to ``limit`` (None: all) rows of :data:`SELECT_NOTIFICATIONS`, every user's,
+        with ``after < cursor <= upto``, by cursor."""
 
     @abstractmethod
     def _max_seq(self, conn: Conn) -> int | None: ...
@@ -334,19 +335,24 @@ class NotificationRepoBase(Announcing, ABC, Generic[Conn]):
 
         return await self._db.read(read, snapshot=True)
 
-    async def feed(self, *, after: int, span: int) -> Feed:
-        """What the saga wrote after cursor ``after``, at most ``span`` cursors of it: how
-        a replica learns of notifications another replica's saga wrote."""
+    async def feed(self, *, after: int, limit: int) -> Feed:
+        """What the saga wrote after cursor ``after``, about ``limit`` notifications of it
+        at most (whole cursors: more when one cursor alone holds more): how a replica
+        learns of the notifications any replica's saga wrote."""
 
         def read(conn: Conn) -> Feed:
             position = self._position(conn)
-            upto = min(position, after + span)
-            if upto <= after:
+            if position <= after:
                 return Feed((), after, position)
-            notes = tuple(
-                notification_from_row(row, to_time=self._to_time)
-                for row in self._feed_rows(conn, after, upto)
-            )
+            rows = list(self._feed_rows(conn, after, position, limit + 1))
+            upto = position
+            if len(rows) > limit:  # the last cursor read may be cut: leave it for next time
+                upto = int(rows[-1]["cursor"]) - 1
+                rows = [row for row in rows if int(row["cursor"]) <= upto]
+                if not rows:  # one cursor holds more than the limit: read it whole
+                    upto += 1
+                    rows = list(self._feed_rows(conn, upto - 1, upto, None))
+            notes = tuple(notification_from_row(row, to_time=self._to_time) for row in rows)
             return Feed(notes, upto, position)
 
         return await self._db.read(read, snapshot=True)

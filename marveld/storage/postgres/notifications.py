@@ -136,11 +136,14 @@ class PgNotificationRepo(PgAnnouncing, NotificationRepoBase[psycopg.Connection])
             (user_id, after, limit),
         )
 
-    def _feed_rows(self, conn: psycopg.Connection, after: int, upto: int) -> list[dict[str, Any]]:
+    def _feed_rows(
+        self, conn: psycopg.Connection, after: int, upto: int, limit: int | None
+    ) -> list[dict[str, Any]]:
         return _rows(
             conn,
-            SELECT_NOTIFICATIONS + " WHERE n.cursor > %s AND n.cursor <= %s ORDER BY n.cursor",
-            (after, upto),
+            SELECT_NOTIFICATIONS
+            + " WHERE n.cursor > %s AND n.cursor <= %s ORDER BY n.cursor LIMIT %s",
+            (after, upto, limit),  # LIMIT NULL: no limit
         )
 
     def _max_seq(self, conn: psycopg.Connection) -> int | None:
