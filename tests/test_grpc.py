@@ -243,32 +243,34 @@ async def test_health_check_serves(marveld: Running) -> None:
 async def test_upstream_down_with_nothing_cached_is_unavailable(
     nursery: trio.Nursery, tmp_path: object
 ) -> None:
-    # A port that was free a moment ago: nothing listens there.
+    # A port held bound but not listening for the whole test: connections to it are
+    # refused, and nothing else can take it (the daemon's own ports, bound to port 0, had
+    # once been given this port after the probe closed it: the "upstream" answered 404).
     with trio.socket.socket() as probe:
         await probe.bind(("127.0.0.1", 0))
         dead_port = probe.getsockname()[1]
-    settings = make_settings(tmp_path, f"http://127.0.0.1:{dead_port}/v1/public")  # type: ignore[arg-type]
-    endpoints = await start_daemon(nursery, settings)
-    async with grpc_client(endpoints.grpc_port) as client:
+        settings = make_settings(tmp_path, f"http://127.0.0.1:{dead_port}/v1/public")  # type: ignore[arg-type]
+        endpoints = await start_daemon(nursery, settings)
+        async with grpc_client(endpoints.grpc_port) as client:
 
-        async def go(channel: Channel) -> object:
-            auth = pb.AuthServiceStub(channel)
-            await auth.register(
-                pb.RegisterRequest(name="X", email="x@example.com", password=PASSWORD),
-                timeout=TIMEOUT,
-            )
-            token = await auth.login(
-                pb.LoginRequest(email="x@example.com", password=PASSWORD), timeout=TIMEOUT
-            )
-            return await pb.CharacterServiceStub(channel).list_characters(
-                pb.ListCharactersRequest(),
-                metadata={"authorization": f"Bearer {token.access_token}"},
-                timeout=TIMEOUT,
-            )
+            async def go(channel: Channel) -> object:
+                auth = pb.AuthServiceStub(channel)
+                await auth.register(
+                    pb.RegisterRequest(name="X", email="x@example.com", password=PASSWORD),
+                    timeout=TIMEOUT,
+                )
+                token = await auth.login(
+                    pb.LoginRequest(email="x@example.com", password=PASSWORD), timeout=TIMEOUT
+                )
+                return await pb.CharacterServiceStub(channel).list_characters(
+                    pb.ListCharactersRequest(),
+                    metadata={"authorization": f"Bearer {token.access_token}"},
+                    timeout=TIMEOUT,
+                )
 
-        with pytest.raises(GRPCError) as info:
-            await client.call(go)
-        assert info.value.status is Status.UNAVAILABLE
+            with pytest.raises(GRPCError) as info:
+                await client.call(go)
+            assert info.value.status is Status.UNAVAILABLE
 
 
 async def test_wrong_marvel_keys_are_unavailable_not_the_clients_fault(
