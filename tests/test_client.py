@@ -181,12 +181,12 @@ async def test_a_token_is_only_sent_to_the_server_that_issued_it(
 
 
 async def test_an_unreachable_server_fails_within_the_timeout(client: Client) -> None:
-    with socket.socket() as sock:  # a port nothing listens on
+    with socket.socket() as sock:  # a port held bound, never listening: refused
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with trio.fail_after(10):
-        result = await client("register", "--name", "P", "--email", "p@example.com",
-                              "--server", f"127.0.0.1:{port}", "--timeout", "3")  # fmt: skip
+        with trio.fail_after(10):
+            result = await client("register", "--name", "P", "--email", "p@example.com",
+                                  "--server", f"127.0.0.1:{port}", "--timeout", "3")  # fmt: skip
     failed(result, f"UNAVAILABLE: cannot reach 127.0.0.1:{port}")
 
 
