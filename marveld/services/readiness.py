@@ -35,9 +35,10 @@ class Readiness:
             raise ValueError(f"readiness check {name!r} is already registered")
         self._checks[name] = check
 
-    def flag(self, name: str, *, initially: bool = True) -> Callable[[bool], None]:
-        """A check that passes while the returned setter was last called with True."""
-        state = [initially]
+    def flag(self, name: str) -> Callable[[bool], None]:
+        """A check that passes until the returned setter is called with False, and again
+        once it is called with True."""
+        state = [True]
 
         def setter(value: bool) -> None:
             state[0] = value

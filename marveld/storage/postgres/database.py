@@ -136,7 +136,7 @@ class PgDatabase:
         pool: ConnectionPool,
         size: int,
         schema_version: int,
-        connect: Callable[[str], psycopg.Connection] | None = None,
+        connect: Callable[[str], psycopg.Connection],
     ) -> None:
         self.name = name  # the redacted URL
         self.schema_version = schema_version
@@ -194,7 +194,7 @@ class PgDatabase:
         it in a worker thread): for LISTEN and session locks, which a pooled connection
         must not keep; ``application_name`` ``marveld-<purpose>-<replica>``. The caller
         closes it."""
-        if self._connect is None or self._closed:
+        if self._closed:
             raise StorageError(f"database {self.name} is closed")
         return self._connect(purpose)
 
