@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     ensure_descriptors(settings.grpc.max_connections + settings.http.max_connections)
     notifier = systemd.Notifier.from_env(environ)
     run = partial(serve, settings, demo=args.demo, notifier=notifier)
-    sys.exit(_run_or_explain(run, notifier))
+    sys.exit(_run_or_explain(run, notifier, graceful=True))
 
 
 async def serve(
@@ -144,10 +144,11 @@ async def serve(
     *,
     demo: bool = False,
     notifier: systemd.Notifier | None = None,
+    stop: trio.Event | None = None,
     task_status: trio.TaskStatus[daemon.Endpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The daemon; with ``demo`` a simulator on a free port is its upstream, and sends its
-    webhooks to the daemon."""
+    webhooks to the daemon. Set ``stop`` for a graceful stop; this returns after it."""
     async with trio.open_nursery() as nursery:
         handle = None
         if demo:
@@ -163,7 +164,12 @@ async def serve(
                 settings, upstream=dataclasses.replace(settings.upstream, url=handle.url)
             )
             log.info("demo: the simulator at %s stands in for the Marvel API", handle.url)
-        endpoints = await nursery.start(partial(daemon.run, settings, notifier=notifier))
+
+        async def run_daemon(task_status: trio.TaskStatus[daemon.Endpoints]) -> None:
+            await daemon.run(settings, notifier=notifier, stop=stop, task_status=task_status)
+            nursery.cancel_scope.cancel()  # stopped gracefully: the simulator too
+
+        endpoints = await nursery.start(run_daemon)
         if handle is not None and settings.secrets.webhook_secret:
             host = settings.http.listen.host
             host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
@@ -249,12 +255,15 @@ def copy_database(source: Path, target: str, config: Path | None, env: Mapping[s
 
 
 def _run_or_explain(
-    start: Callable[[], Awaitable[None]], notifier: systemd.Notifier | None = None
+    start: Callable[..., Awaitable[None]],
+    notifier: systemd.Notifier | None = None,
+    *,
+    graceful: bool = False,
 ) -> int:
     """:func:`_run_until_signal`; a failure its operator can fix (a port taken, a database
     that cannot be opened) is one log line and exit status 1, not a traceback."""
     try:
-        return _run_until_signal(start, notifier)
+        return _run_until_signal(start, notifier, graceful=graceful)
     except Exception as exc:
         reason = _cannot_start(exc)
         if reason is None:
@@ -272,24 +281,35 @@ def _cannot_start(exc: BaseException) -> CannotStart | None:
 
 
 def _run_until_signal(
-    start: Callable[[], Awaitable[None]], notifier: systemd.Notifier | None = None
+    start: Callable[..., Awaitable[None]],
+    notifier: systemd.Notifier | None = None,
+    *,
+    graceful: bool = False,
 ) -> int:
-    """Run ``start()`` until SIGINT or SIGTERM; a signal is a clean stop (exit status 0)."""
+    """Run ``start()`` until SIGINT or SIGTERM; a signal is a clean stop (exit status 0).
+    ``graceful``: ``start(stop=event)``; the first signal sets the event (a graceful stop,
+    which ends when ``start`` returns), a second one stops at once."""
 
     async def runner() -> None:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                stop = trio.Event()
 
                 async def wait_for_signal() -> None:
                     async for signum in signals:
-                        log.info("%s received, shutting down", signal.Signals(signum).name)
+                        name = signal.Signals(signum).name
                         if notifier is not None:
                             notifier.stopping()
+                        if graceful and not stop.is_set():
+                            log.info("%s received, stopping gracefully (again: at once)", name)
+                            stop.set()
+                            continue
+                        log.info("%s received, shutting down", name)
                         nursery.cancel_scope.cancel()
                         return
 
                 nursery.start_soon(wait_for_signal)
-                await start()
+                await (start(stop=stop) if graceful else start())
                 nursery.cancel_scope.cancel()
 
     trio.run(runner)

@@ -150,6 +150,12 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class ShutdownSettings:
+    drain_delay: float
+    grace: float
+
+
+@dataclass(frozen=True)
 class ReplicaSettings:
     id: str  # "auto": the host name and the gRPC port (see replica_id)
 
@@ -184,6 +190,7 @@ class Settings:
     ratelimit: RateLimitSettings
     log: LogSettings
     replica: ReplicaSettings
+    shutdown: ShutdownSettings
     secrets: Secrets
 
 
@@ -200,6 +207,7 @@ class Setting:
     bounds: tuple[int, int] | None = None  # "int": lowest and highest allowed
     choices: tuple[str, ...] = ()  # "str": the allowed values, matched case-insensitively
     check: Callable[[Any], None] | None = None  # one more rule; raises ValueError
+    zero: bool = False  # "duration": 0 is allowed (none)
 
     @property
     def name(self) -> str:
@@ -361,6 +369,14 @@ SETTINGS: tuple[Setting, ...] = (
             "This replica's name in its log lines (with PostgreSQL) and in the metric "
             "marveld_replica_info; auto = the host name and the gRPC port.",
             check=_replica_name),
+    Setting("shutdown", "drain_delay", "duration", "0s",
+            "On SIGTERM, how long the daemon goes on serving new calls after it has turned "
+            "not ready (/readyz 503, health NOT_SERVING), so a load balancer's health checks "
+            "see it first; behind one, at least its check interval times its fall count.",
+            zero=True),
+    Setting("shutdown", "grace", "duration", "10s",
+            "Then, how long calls already under way have to finish (notification streams "
+            "and WebSockets end at once, with their resume cursor); what is left is cut."),
 )  # fmt: skip
 
 _SECTIONS: dict[str, Callable[..., Any]] = {
@@ -368,7 +384,7 @@ _SECTIONS: dict[str, Callable[..., Any]] = {
     "upstream": UpstreamSettings, "cache": CacheSettings, "poller": PollerSettings,
     "notifications": NotificationsSettings,
     "auth": AuthSettings, "ratelimit": RateLimitSettings, "log": LogSettings,
-    "replica": ReplicaSettings,
+    "replica": ReplicaSettings, "shutdown": ShutdownSettings,
 }  # fmt: skip
 
 
@@ -424,8 +440,11 @@ def _duration(raw: object, s: Setting) -> float:
         seconds = float(raw)
     else:
         raise ValueError(f'expected seconds or a duration like "30s", "1h30m"; got {_show(raw)}')
+    if s.zero and seconds == 0:
+        return 0.0
     if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"must be more than 0 seconds, got {_show(raw)}")
+        least = "0 seconds or more" if s.zero else "more than 0 seconds"
+        raise ValueError(f"must be {least}, got {_show(raw)}")
     return seconds
 
 

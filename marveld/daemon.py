@@ -11,7 +11,7 @@ from functools import partial
 
 import trio
 
-from marveld.config import RateLimitSettings, Settings
+from marveld.config import RateLimitSettings, Settings, ShutdownSettings
 from marveld.domain.cache_policy import CachePolicy
 from marveld.grpc import convert
 from marveld.grpc.admin import admin_service
@@ -19,6 +19,7 @@ from marveld.grpc.connections import ConnectionLimits
 from marveld.grpc.handlers import auth_service, character_service, user_service
 from marveld.grpc.notifications import notification_service
 from marveld.grpc.server import GrpcFace
+from marveld.listen import Drain
 from marveld.malloc import HeapReturn
 from marveld.metrics import Metrics
 from marveld.services.catalog import LocalCatalog
@@ -72,10 +73,12 @@ async def run(
     monotonic: Callable[[], float] = time.monotonic,
     hasher: PasswordHasher | None = None,
     notifier: Notifier | None = None,
+    stop: trio.Event | None = None,
     task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run marveld until cancelled. Readiness reports the bound ports (and, under systemd,
-    sends READY=1 and feeds the watchdog through ``notifier``)."""
+    """Run marveld until cancelled, or with ``stop``, until it is set and a graceful stop
+    (:func:`_drain`) is over. Readiness reports the bound ports (and, under systemd, sends
+    READY=1 and feeds the watchdog through ``notifier``)."""
     notifier = notifier or Notifier(None)
     # hpack (under h2, under grpclib and hypercorn) logs every header it encodes or decodes
     # at DEBUG, bearer tokens included: never below INFO, whatever log.level says.
@@ -226,6 +229,7 @@ async def run(
         readiness.add("database", store.ping)
         readiness.add("listeners", listening.is_set)
         readiness.add("breaker", lambda: breaker.state is BreakerState.CLOSED)
+        accepting = readiness.flag("accepting")  # false from the start of a graceful stop
         signals_ready = readiness.flag("signals") if shared else None
 
         def hearing_changed(state: Hearing) -> None:
@@ -273,12 +277,13 @@ async def run(
             websockets={NOTIFICATIONS_PATH: notifications_app(notifications)},
             informational={"first_sync"},
         )
+        drains = Drain(), Drain()  # the gRPC port's, the HTTP port's
         async with trio.open_nursery() as nursery:
             await nursery.start(store.coordination.watch, signalled, hearing_changed)
             await nursery.start(budget.keep, store)
             await nursery.start(characters.run)
             await nursery.start(notifications.run)
-            grpc_port = await nursery.start(grpc.run)
+            grpc_port = await nursery.start(grpc.run, drains[0])
             h = settings.http
             http_port = await nursery.start(
                 partial(
@@ -289,6 +294,7 @@ async def run(
                     request_limits=False,  # http_app applies them inside its access log
                     websocket_ping_interval=n.heartbeat,
                     on_close=heap.closed,
+                    drain=drains[1],
                 ),
                 http_app,
                 h.listen.host,
@@ -308,6 +314,51 @@ async def run(
             await nursery.start(notifier.keep_watchdog)
             notifier.ready(f"serving: grpc port {grpc_port}, http port {http_port}")
             task_status.started(Endpoints(grpc_port=grpc_port, http_port=http_port))
+            if stop is not None:
+                await stop.wait()
+
+                def not_ready() -> None:
+                    accepting(False)
+                    grpc.set_draining()
+
+                await _drain(settings.shutdown, not_ready, drains, notifications)
+                nursery.cancel_scope.cancel()
+
+
+async def _drain(
+    cfg: ShutdownSettings,
+    not_ready: Callable[[], None],
+    drains: tuple[Drain, Drain],
+    notifications: NotificationService,
+) -> None:
+    """A graceful stop: not ready at once (/readyz 503, health NOT_SERVING) while still
+    serving for ``shutdown.drain_delay``, so load balancers move away first; then both
+    ports stop taking connections and calls (gRPC: GOAWAY), notification streams and
+    WebSockets end with their resume cursor, and the calls under way have
+    ``shutdown.grace`` to finish."""
+    not_ready()
+    log.info(
+        "stopping gracefully: not ready now, serving %g s more (shutdown.drain_delay), then "
+        "refusing new calls; calls under way get %g s (shutdown.grace)",
+        cfg.drain_delay,
+        cfg.grace,
+    )
+    await trio.sleep(cfg.drain_delay)
+    for drain in drains:
+        drain.request()
+    for drain in drains:
+        await drain.refusing.wait()
+    with trio.move_on_after(cfg.grace) as grace:
+        await notifications.end_streams("websocket", grace=cfg.grace)
+        for drain in drains:
+            await drain.finished.wait()
+    if grace.cancelled_caught:
+        log.warning(
+            "shutdown.grace (%g s) ran out with calls or connections still open: they are cut",
+            cfg.grace,
+        )
+    else:
+        log.info("drained: every call answered, every connection closed")
 
 
 def _limits(

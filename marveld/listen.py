@@ -1,6 +1,7 @@
 """The listening sockets of the gRPC and HTTP ports, bound before their servers start so
-that a taken or unknown address is one clear error naming its setting, and the cap on
-the connections a port holds open (:class:`ConnectionCap`)."""
+that a taken or unknown address is one clear error naming its setting, the cap on the
+connections a port holds open (:class:`ConnectionCap`), and a port's part in a graceful
+stop (:class:`Drain`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+
+import trio
 
 from marveld.domain.errors import CannotListen
 
@@ -94,3 +97,31 @@ class ConnectionCap:
         self.open -= 1
         if self._on_release is not None:
             self._on_release()
+
+
+DRAIN_POLL_SECONDS = 0.05
+
+
+class Drain:
+    """One port's part in a graceful stop, between the composition root and the server.
+
+    The root calls :meth:`request`. The server then stops taking connections and calls
+    (its listening socket closes; the calls a peer sends later are refused or find no
+    listener) and sets :attr:`refusing`; it lets the calls under way end, closes each
+    connection as it falls idle, and sets :attr:`finished` once none is left. How long
+    that may take is the root's to bound (``shutdown.grace``).
+    """
+
+    def __init__(self) -> None:
+        self.requested = trio.Event()
+        self.refusing = trio.Event()
+        self.finished = trio.Event()
+
+    def request(self) -> None:
+        self.requested.set()
+
+    async def until_closed(self, open_connections: Callable[[], int]) -> None:
+        """For the server: wait until no connection is open, then set finished."""
+        while open_connections():  # noqa: ASYNC110 - a few polls, at shutdown only
+            await trio.sleep(DRAIN_POLL_SECONDS)
+        self.finished.set()

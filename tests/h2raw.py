@@ -14,7 +14,7 @@ from typing import Any
 import hpack
 import trio
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -25,7 +25,7 @@ from h2.events import (
     StreamReset,
     TrailersReceived,
 )
-from hyperframe.frame import ContinuationFrame, HeadersFrame
+from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -83,6 +83,16 @@ class RawH2:
             )
         )
         self.h2.encoder = _PlainEncoder()
+        # A draining server goes on answering the streams up to the GOAWAY's last stream
+        # id (RFC 9113 §6.8), but h2's client reads no frame after a GOAWAY: read them.
+        on_goaway = self.h2._frame_dispatch_table[GoAwayFrame]
+
+        def goaway_then_open(frame: GoAwayFrame) -> Any:
+            found = on_goaway(frame)
+            self.h2.state_machine.state = ConnectionState.CLIENT_OPEN
+            return found
+
+        self.h2._frame_dispatch_table[GoAwayFrame] = goaway_then_open
         self.events: list[Event] = []
         self.answers: dict[int, Answer] = {}
         self.goaway: ConnectionTerminated | None = None

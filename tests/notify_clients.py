@@ -16,11 +16,27 @@ from grpclib.config import Configuration
 from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from wsproto.connection import ConnectionState
 
 from marveld.proto.marvel import v1 as pb
 from tests.aio import AioClient
 
 STREAM_SECONDS = 60
+
+
+async def _pong_while_open(self: WebSocketConnection, event: Any) -> None:
+    """trio-websocket 0.12 answers a ping even after it sent its close frame: wsproto then
+    raises LocalProtocolError in its reader task, and ``open_websocket`` lets a stray
+    ``trio.Cancelled`` out of its block, which silently cancels the caller's nursery
+    (python-trio/trio-websocket#184, fix proposed in #198, unreleased). marveld pings its
+    WebSocket subscribers, so a client closing as a ping arrives hit it: answer pings only
+    while the connection is open, as that fix does."""
+    if self._wsproto.state is ConnectionState.OPEN:
+        await _answer_ping(self, event)
+
+
+_answer_ping = WebSocketConnection._handle_ping_event
+WebSocketConnection._handle_ping_event = _pong_while_open  # type: ignore[method-assign]
 SMALL_WINDOW = 65_535  # HTTP/2's smallest; grpclib's default is 4 MiB
 
 

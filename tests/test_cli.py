@@ -194,7 +194,8 @@ async def test_sigterm_stops_the_daemon_with_status_0(tmp_path: Path) -> None:
         await proc.stderr.aclose()
     rest = output.decode()
     assert code == 0
-    assert "SIGTERM received, shutting down" in rest
+    assert "SIGTERM received, stopping gracefully" in rest
+    assert "drained: every call answered, every connection closed" in rest
     assert "Traceback" not in rest
 
 

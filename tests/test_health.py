@@ -34,7 +34,7 @@ async def test_healthz_is_the_process_and_readyz_every_check(marveld: Running) -
     assert (healthz.status_code, healthz.json()) == (200, {"status": "ok"})
     readyz = await get(marveld, "/readyz")
     assert readyz.status_code == 200
-    checks = {"database": True, "listeners": True, "breaker": True}
+    checks = {"database": True, "listeners": True, "breaker": True, "accepting": True}
     if marveld.tier == "postgresql":  # replicas may share it: the others' signals are heard
         checks["signals"] = True
     assert readyz.json() == {

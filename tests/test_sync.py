@@ -364,6 +364,7 @@ async def test_the_poller_bootstraps_on_start_while_serving_and_readyz_reports_i
                 "database": True,
                 "listeners": True,
                 "breaker": True,
+                "accepting": True,
                 **signals,  # PostgreSQL: the other replicas are heard
                 "first_sync": False,
             },

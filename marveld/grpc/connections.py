@@ -18,6 +18,10 @@ gives it our own protocol object (:class:`_GuardedProtocol`, a subclass of grpcl
   connection stays usable;
 - keeps a budget of ``max_resets`` streams reset by the peer or refused by us in
   :data:`RESET_WINDOW_SECONDS`; past it the connection gets GOAWAY ENHANCE_YOUR_CALM;
+- drains for a graceful stop (:meth:`GuardedServer.drain`): the listening socket closes,
+  each connection gets GOAWAY NO_ERROR naming the last call it will serve, calls under way
+  finish, a call sent after the GOAWAY is refused (RST_STREAM REFUSED_STREAM: clients retry
+  it elsewhere, it never ran), and each connection closes once its last call has ended;
 - answers request metadata grpclib would fail on (a malformed ``grpc-timeout``, a ``-bin``
   value that is not base64, an unsupported ``grpc-encoding``, missing pseudo-headers) with
   a clear status before grpclib sees it, and turns any HTTP/2 protocol error into GOAWAY
@@ -53,6 +57,7 @@ from h2.events import RemoteSettingsChanged, RequestReceived, StreamReset
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
 
 from marveld import correlation
 from marveld.domain.errors import Unauthenticated
@@ -74,6 +79,11 @@ are a few hundred bytes; grpclib's 4 MiB default let 1,000 connections pin 4 GiB
 MAX_WRITE_BUFFER_BYTES = 16 << 20
 """Bytes queued for a peer that does not read them (PING and SETTINGS acknowledgements are
 written whatever the peer reads); past it the connection is closed."""
+
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+"""A stream that never ends by itself: a drain ends it (its peer has seen NOT_SERVING)."""
+DRAIN_REASON = b"the server is stopping: send new calls elsewhere"
+DRAINED = "drained: the server is stopping"
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4, the client's first bytes
 _TIMEOUT = re.compile(r"[0-9]{1,8}[HMSmun]")  # the gRPC spec: at most 8 digits and a unit
@@ -136,10 +146,21 @@ class GuardedServer(grpclib.server.Server):
         self._tally = ConnectionCap(
             "grpc", limits.max_connections, "grpc.max_connections", on_release=on_close
         )
+        self._protocols: set[_GuardedProtocol] = set()
+        self._draining = False
 
     @property
     def open_connections(self) -> int:
         return self._tally.open
+
+    def drain(self) -> None:
+        """Stop taking connections, and have every connection finish its calls and close
+        (the module says how). Call from the asyncio loop's thread."""
+        self._draining = True
+        if self._server is not None:
+            self._server.close()  # the listening socket; connections stay
+        for protocol in tuple(self._protocols):
+            protocol.drain()
 
     def _protocol_factory(self) -> H2Protocol:
         self.__gc_step__()
@@ -147,7 +168,7 @@ class GuardedServer(grpclib.server.Server):
             self._mapping, self._codec, self._status_details_codec, self.__dispatch__
         )
         self._handlers.add(handler)
-        return _GuardedProtocol(
+        protocol = _GuardedProtocol(
             handler,
             self._config,
             self._h2_config,
@@ -155,7 +176,11 @@ class GuardedServer(grpclib.server.Server):
             tally=self._tally,
             known=self._known,
             on_refused=self._on_refused,
+            on_lost=self._protocols.discard,
+            draining=self._draining,  # accepted just before the listener closed
         )
+        self._protocols.add(protocol)
+        return protocol
 
 
 class _GuardedHandler(grpclib.server.Handler):
@@ -166,15 +191,25 @@ class _GuardedHandler(grpclib.server.Handler):
         super().__init__(*args)
         self.running = 0
         self.on_idle: Callable[[], None] = lambda: None
+        self._watches: set[asyncio.Task[None]] = set()
 
     def accept(self, stream: Any, headers: Any, release_stream: Callable[[], Any]) -> None:
         super().accept(stream, headers, release_stream)
         self.running += 1
-        self._tasks[stream].add_done_callback(self._done)
+        task = self._tasks[stream]
+        task.add_done_callback(self._done)
+        if (":path", HEALTH_WATCH) in headers:
+            self._watches.add(task)
+
+    def end_watches(self) -> None:
+        """Cancel the health watches: they would hold a draining connection open."""
+        for task in self._watches:
+            task.cancel()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.running -= 1
         self._cancelled.discard(task)
+        self._watches.discard(task)
         if not self.running:
             self.on_idle()
 
@@ -196,6 +231,8 @@ class _GuardedProtocol(H2Protocol):
         tally: ConnectionCap,
         known: frozenset[str],
         on_refused: Refused,
+        on_lost: Callable[[_GuardedProtocol], None],
+        draining: bool,
     ) -> None:
         super().__init__(handler, config, h2_config)
         self._guarded = handler
@@ -203,6 +240,8 @@ class _GuardedProtocol(H2Protocol):
         self._tally = tally
         self._known = known
         self._on_refused = on_refused
+        self._on_lost = on_lost
+        self._draining = draining
         self._admitted = False
         self._closed = False
         self._started = False
@@ -229,6 +268,8 @@ class _GuardedProtocol(H2Protocol):
         self._handshake_timer = asyncio.get_event_loop().call_later(
             self._limits.handshake_timeout, self._give_up, "no HTTP/2 preface and SETTINGS"
         )
+        if self._draining:
+            self.drain()
 
     def _start(self) -> None:
         """grpclib's ``H2Protocol.connection_made``, with our SETTINGS in place before the
@@ -263,6 +304,7 @@ class _GuardedProtocol(H2Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_timers()
+        self._on_lost(self)
         if not self._admitted:
             return
         self._admitted = False
@@ -328,6 +370,9 @@ class _GuardedProtocol(H2Protocol):
     def _admit_request(self, event: RequestReceived) -> bool:
         stream_id = event.stream_id
         assert stream_id is not None
+        if self._draining:  # sent before the peer read our GOAWAY: it never ran, retry it
+            self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
+            return False
         if self._guarded.running >= self._limits.max_concurrent_streams:
             # A reset stream's task still counts: rapid reset cannot pile up handlers.
             self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
@@ -404,7 +449,36 @@ class _GuardedProtocol(H2Protocol):
                 level=logging.WARNING,
             )
 
+    def drain(self) -> None:
+        """GOAWAY NO_ERROR, naming the last stream this connection serves; close once the
+        calls under way have ended (at once when none is). A connection still in its
+        handshake is closed."""
+        if self._closed:
+            return
+        self._draining = True
+        if not self._started:
+            self._give_up("the server is stopping (before the HTTP/2 handshake)")
+            return
+        self._guarded.end_watches()
+        if self._guarded.running:
+            # Written past h2: its close_connection() would close its state machine, and
+            # the calls under way could not send their answers.
+            self.connection.flush()
+            assert self._transport is not None
+            goaway = GoAwayFrame(
+                stream_id=0,
+                last_stream_id=self._h2.highest_inbound_stream_id,
+                error_code=ErrorCodes.NO_ERROR,
+                additional_data=DRAIN_REASON,
+            )
+            self._transport.write(goaway.serialize())
+        else:
+            self._goaway(ErrorCodes.NO_ERROR, DRAINED, level=logging.DEBUG)
+
     def _arm_idle(self) -> None:
+        if self._draining and not self._closed and not self._guarded.running:
+            self._goaway(ErrorCodes.NO_ERROR, DRAINED, level=logging.DEBUG)
+            return
         if self._closed or self._handshake_timer is not None or self._idle_timer is not None:
             return
         self._idle_timer = asyncio.get_event_loop().call_later(

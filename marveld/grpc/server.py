@@ -1,6 +1,7 @@
 """The gRPC server: grpclib inside ``trio_asyncio.open_loop()``, on a socket we bind.
 
-Readiness (``task_status.started``) reports the real port, so port 0 works.
+Readiness (``task_status.started``) reports the real port, so port 0 works. A graceful
+stop goes through a :class:`marveld.listen.Drain` (see :meth:`GrpcFace.run`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from marveld import correlation
 from marveld.grpc import wire
 from marveld.grpc.bridge import PassthroughCodec, Service
 from marveld.grpc.connections import ConnectionLimits, GuardedServer
-from marveld.listen import BACKLOG, listen_tcp
+from marveld.listen import BACKLOG, Drain, listen_tcp
 from marveld.metrics import Metrics
 from marveld.proto.google_proto_descriptor_pool import default_google_proto_descriptor_pool
 
@@ -89,6 +90,8 @@ class GrpcFace:
         self._database.set(True)
         self._signals = ServiceStatus()  # the other replicas heard (PostgreSQL LISTEN)
         self._signals.set(True)
+        self._accepting = ServiceStatus()  # NOT_SERVING from the start of a graceful stop
+        self._accepting.set(True)
         self._before_close: list[Callable[[], Awaitable[None]]] = []
 
     def serve(self, *services: Service) -> None:
@@ -114,6 +117,11 @@ class GrpcFace:
         """... and the other replicas' signals: NOT_SERVING while they may be missed."""
         self._signals.set(serving)
 
+    def set_draining(self) -> None:
+        """Every service, and the server as a whole, NOT_SERVING from now on: a graceful
+        stop has begun (health watchers and load balancers move away)."""
+        self._accepting.set(False)
+
     def _refused(self, path: str, status: Status) -> None:
         """A call answered before grpclib saw it (connections.py): counted like any other
         call of a method we serve (an unknown path would make label values unbounded)."""
@@ -122,11 +130,12 @@ class GrpcFace:
             self._metrics.rpc_start(service, method)
             self._metrics.rpc_end(service, method, status.name, 0.0)
 
-    def _server(self) -> grpclib.server.Server:
+    def _server(self) -> GuardedServer:
         names = [s.name for s in self._services]
         names += ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"]
-        checks: dict[Any, list[ServiceStatus]] = {OVERALL: [self._database, self._signals]}
-        checks.update({s: [self._statuses[s.name]] for s in self._services})
+        overall = [self._database, self._signals, self._accepting]
+        checks: dict[Any, list[ServiceStatus]] = {OVERALL: overall}
+        checks.update({s: [self._statuses[s.name], self._accepting] for s in self._services})
         pool = _Descriptors()
         # HTTP/2 pings on connections with calls in flight (long streams included): a peer
         # that does not answer within keepalive_timeout is dropped, and its streams with it.
@@ -152,7 +161,17 @@ class GrpcFace:
         _count_rpcs(server, self._metrics)
         return server
 
-    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self,
+        drain: Drain | None = None,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled. With ``drain``, once it is requested: end the
+        notification streams (the before-close hooks), stop listening, GOAWAY every
+        connection, and set ``drain.finished`` when the last connection has closed; then wait to be
+        cancelled. Cancelled first, the calls still running are cancelled (within
+        :data:`SHUTDOWN_GRACE_SECONDS` for the hooks and the handlers to unwind)."""
         sock = listen_tcp(self._host, self._port, "grpc.listen")
         port = int(sock.getsockname()[1])
         async with trio_asyncio.open_loop():
@@ -162,12 +181,22 @@ class GrpcFace:
             # kernel's accept queue and 1 in 3 of 1,500 was reset (failed SYN cookies).
             await trio_asyncio.aio_as_trio(server.start)(sock=sock, backlog=BACKLOG)
             log.info("grpc listening on %s:%d", self._host, port)
+            hooks = list(self._before_close)
             try:
                 task_status.started(port)
+                if drain is not None:
+                    await drain.requested.wait()
+                    # Streams end first: a grpclib client drops every call of a connection
+                    # the moment it reads a GOAWAY, and so would miss the resume cursor.
+                    while hooks:
+                        await hooks.pop(0)()
+                    await trio_asyncio.aio_as_trio(_drain)(server)
+                    drain.refusing.set()
+                    await drain.until_closed(lambda: server.open_connections)
                 await trio.sleep_forever()
             finally:
                 with trio.move_on_after(SHUTDOWN_GRACE_SECONDS, shield=True):
-                    for hook in self._before_close:
+                    for hook in hooks:
                         await hook()
                     server.close()
                     await trio_asyncio.aio_as_trio(server.wait_closed)()
@@ -175,6 +204,10 @@ class GrpcFace:
                     # before the loop goes away.
                     await trio_asyncio.aio_as_trio(asyncio.sleep)(0.01)
                 sock.close()
+
+
+async def _drain(server: GuardedServer) -> None:
+    server.drain()  # on the asyncio side: it writes to transports and sets timers
 
 
 _CALL: contextvars.ContextVar[tuple[str, str, float]] = contextvars.ContextVar("marveld_rpc")

@@ -82,6 +82,12 @@ class Broker:
         self.queue_size = queue_size
         self._by_user: dict[str, set[Subscriber]] = {}
         self.position = 0
+        self._shut: set[str] = set()  # channels closed for a stop (close_all)
+        self._shut_all = False
+
+    def shut(self, channel: str) -> bool:
+        """True once ``channel`` has been closed for a stop: no stream of it is served."""
+        return self._shut_all or channel in self._shut
 
     def subscribe(
         self, user_id: str, channel: str, stream_filter: Filter = EVERYTHING
@@ -89,6 +95,8 @@ class Broker:
         sub = Subscriber(user_id, channel, self.queue_size, stream_filter)
         self._by_user.setdefault(user_id, set()).add(sub)
         self._metrics.subscribers.labels(channel=channel).inc()
+        if self.shut(channel):  # after close_all: it ends at once
+            sub.close(SHUTDOWN)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -124,6 +132,13 @@ class Broker:
         )
 
     def close_all(self, reason: str = SHUTDOWN, channel: str | None = None) -> None:
+        """Close every subscriber (of ``channel``); with SHUTDOWN, those that subscribe
+        later too (a stream that was replaying its backlog subscribes once caught up)."""
+        if reason == SHUTDOWN:
+            if channel is None:
+                self._shut_all = True
+            else:
+                self._shut.add(channel)
         for subs in tuple(self._by_user.values()):
             for sub in tuple(subs):
                 if channel is None or sub.channel == channel:

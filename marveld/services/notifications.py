@@ -28,7 +28,7 @@ from typing import Final
 
 import trio
 
-from marveld.domain.errors import CursorExpired, InvalidArgument
+from marveld.domain.errors import CursorExpired, InvalidArgument, ShuttingDown
 from marveld.domain.notifications import EVERYTHING, Filter, Notification
 from marveld.metrics import Metrics
 from marveld.services.broker import Broker, Subscriber
@@ -328,7 +328,10 @@ class NotificationService:
         *,
         channel: str,
     ) -> Session:
-        """A session for a live stream: authenticated and rate-limited like any call."""
+        """A session for a live stream: authenticated and rate-limited like any call;
+        ShuttingDown once the channel's streams have been ended (:meth:`end_streams`)."""
+        if self.broker.shut(channel):
+            raise ShuttingDown()
         user = await self._users.authenticate(authorization)
         if after is not None:
             await self._check_cursor(after)
@@ -362,7 +365,8 @@ class NotificationService:
 
     async def end_streams(self, channel: str, grace: float) -> None:
         """Close the channel's live streams (shutdown) and wait, up to ``grace`` seconds,
-        for their handlers to end them."""
+        for their handlers to end them. A stream asked for later is refused (ShuttingDown:
+        UNAVAILABLE, 503), to be asked of another replica."""
         self.broker.close_all(channel=channel)
         with trio.move_on_after(grace):
             while self.broker.count(channel):  # noqa: ASYNC110 - bounded, at shutdown only

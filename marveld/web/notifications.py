@@ -12,7 +12,7 @@ gateway answers), never upgraded: 400 naming the parameter (an unknown or repeat
 ``after_cursor`` that is not an int64 of 0 or more), 401 unauthenticated, 410 a cursor
 older than retention, 429 rate limited (``Retry-After``). An accepted socket is closed with
 a code that says why and a reason holding the cursor to resume from: 4008 too slow
-(evicted), 1012 the daemon is shutting down.
+(evicted), 1001 (going away) the daemon is stopping.
 
 The handler reads the socket as long as it serves, so a close frame or a dropped
 connection ends the subscriber at once: its queue, its place in the gauge, its access line.
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 PATH: Final = "/v1/notifications/ws"
 CHANNEL: Final = "websocket"
 CLOSE_EVICTED: Final = 4008
-CLOSE_SHUTDOWN: Final = 1012
+CLOSE_SHUTDOWN: Final = 1001  # going away (RFC 6455 §7.4.1): the server is stopping
 CLOSE_POLICY: Final = 1008
 CLOSE_GRACE_SECONDS: Final = 1.0
 QUERY: Final = ("access_token", "after_cursor")
@@ -208,7 +208,7 @@ def notifications_app(service: NotificationService) -> ASGIApp:
             if session.closed == EVICTED:
                 code, reason = CLOSE_EVICTED, f"too slow: resume with after_cursor={cursor}"
             else:
-                code, reason = CLOSE_SHUTDOWN, f"shutting down: resume with after_cursor={cursor}"
+                code, reason = CLOSE_SHUTDOWN, f"stopping: resume with after_cursor={cursor}"
             with trio.move_on_after(CLOSE_GRACE_SECONDS):
                 await ws.close(code=code, reason=reason)
         except WebSocketDisconnect:

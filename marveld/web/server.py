@@ -21,6 +21,11 @@ timeout, and it has no connection cap and no hook to add one. So the accept loop
   its own), so the preface closes the connection and ``Upgrade: h2c`` is ignored: the
   request is answered over HTTP/1.1, as RFC 9113 (which deprecates h2c upgrades) allows.
 
+A graceful stop goes through a :class:`marveld.listen.Drain`: the listening socket closes;
+a connection that has not sent a whole request yet, or waits idle for its next, is closed
+at once; one serving a request answers it with ``Connection: close`` and closes after it.
+WebSockets are the app's to end (with their resume cursor).
+
 The ASGI lifespan protocol is not run: neither of our apps has start-up or shutdown hooks
 (the composition root starts and stops everything).
 """
@@ -47,7 +52,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
 
-from marveld.listen import ConnectionCap, listen_tcp
+from marveld.listen import ConnectionCap, Drain, listen_tcp
 from marveld.web.limits import MAX_HEADER_BYTES, RequestLimits
 
 log = logging.getLogger(__name__)
@@ -86,9 +91,11 @@ async def serve_asgi(
     websocket_ping_interval: float | None = None,
     setting: str = "http.listen",
     on_close: Callable[[], None] | None = None,
+    drain: Drain | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` on ``host:port`` (port 0 picks a free one) until cancelled.
+    """Serve ``app`` on ``host:port`` (port 0 picks a free one) until cancelled, or with
+    ``drain``, until it is requested and every connection has closed (the module says how).
 
     ``task_status.started`` gets the bound port once the socket listens. Request headers,
     bodies (:class:`RequestLimits`, unless ``request_limits`` is false because ``app``
@@ -112,22 +119,42 @@ async def serve_asgi(
         sock.close()
         raise
 
+    live: set[_Connection] = set()
+    draining = False
+
     async def handle(stream: trio.SocketStream) -> None:
         if not cap.admit():
             await trio.aclose_forcefully(stream)
             return
+        connection = _Connection(served, config, context, limits, websocket_ping_interval, stream)
+        live.add(connection)
         try:
-            connection = _Connection(
-                served, config, context, limits, websocket_ping_interval, stream
-            )
+            if draining:  # accepted just before the listener closed
+                connection.drain()
             await connection.run()
         finally:
+            live.discard(connection)
             cap.release()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, handle, [listener])
+        accepting = trio.CancelScope()
+
+        async def accept() -> None:
+            with accepting:
+                await trio.serve_listeners(handle, [listener], handler_nursery=nursery)
+
+        nursery.start_soon(accept)
         log.info("%s listening on %s:%d", name, host, bound)
         task_status.started(bound)
+        if drain is not None:
+            await drain.requested.wait()
+            accepting.cancel()
+            await listener.aclose()
+            draining = True
+            drain.refusing.set()
+            for connection in tuple(live):
+                connection.drain()
+            await drain.until_closed(lambda: cap.open)
 
 
 def _config(name: str) -> Config:
@@ -172,6 +199,12 @@ class _ClosingH11(h11.Connection):
             return h11.NEED_DATA
         return super().next_event()
 
+    def close_after_this(self) -> None:
+        """The answer being (or next) sent says ``Connection: close``, and the connection
+        closes after it (h11 has no public way to say so; this is what a request's own
+        ``Connection: close`` does)."""
+        self._cstate.process_keep_alive_disabled()
+
 
 class _Connection:
     """One accepted connection: hypercorn's HTTP/1.1 protocol between the socket and the
@@ -214,8 +247,23 @@ class _Connection:
         self._heard_at = now  # the peer's last bytes
         self._wait = trio.CancelScope()  # around the wait for the peer's bytes
         self._reader = trio.CancelScope()
-        self._protocol: H11Protocol
+        self._handshake = trio.CancelScope()  # around the wait for the first request
+        self._protocol: _Http11
         self._lingering = False
+        self._draining = False
+
+    def drain(self) -> None:
+        """The server stops: close now unless a request is being served; then close after
+        its answer (``Connection: close``)."""
+        self._draining = True
+        now = trio.current_time()
+        self._handshake.deadline = now
+        if self._timeout_at != math.inf:  # waiting for a request
+            self._timeout_at = now
+            self._wait.deadline = now
+        elif hasattr(self, "_protocol") and isinstance(self._protocol.connection, _ClosingH11):
+            with contextlib.suppress(h11.LocalProtocolError):
+                self._protocol.connection.close_after_this()  # not a WebSocket: the app's
 
     async def run(self) -> None:
         try:
@@ -253,7 +301,8 @@ class _Connection:
         not hypercorn's and h11's state: built for each, it left the heap fragmented after
         they closed (docs/reliability.md)."""
         buffered = bytearray()
-        with trio.move_on_at(self._timeout_at):
+        self._handshake.deadline = self._timeout_at
+        with self._handshake:
             while len(buffered) <= self._config.h11_max_incomplete_size:
                 try:
                     data = await self._stream.receive_some(MAX_RECV)
@@ -265,8 +314,9 @@ class _Connection:
                 if _HEAD_END.search(buffered):
                     break
             self._heard_at = trio.current_time()
-            return bytes(buffered)
-        return b""
+        if self._handshake.cancelled_caught:
+            return b""
+        return bytes(buffered)
 
     async def _read(self, first: bytes) -> None:
         """Feed the peer's bytes to the protocol, ``first`` (:meth:`_first_request_head`)
@@ -354,7 +404,7 @@ class _Connection:
             self._reader.deadline = min(self._reader.deadline, trio.current_time() + LINGER_SECONDS)
             await self._protocol.handle(Closed())
         elif isinstance(event, Updated):
-            idle = self._limits.idle_timeout
+            idle = 0.0 if self._draining else self._limits.idle_timeout
             self._timeout_at = trio.current_time() + idle if event.idle else math.inf
             self._wait.deadline = self._deadline()
 
