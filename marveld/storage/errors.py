@@ -20,12 +20,24 @@ class CannotOpen(StorageError, CannotStart):
 
 
 class SchemaTooNew(CannotOpen):
-    """The database was written by a newer marveld than this one; opening it would be unsafe."""
+    """The database was written by a newer marveld than this one, and does not say that this
+    one may run on it (``needs`` is None), or says it needs a marveld of schema version
+    ``needs`` or later (PostgreSQL, after a contract migration): opening it would be unsafe."""
 
-    def __init__(self, path: str, found: int, known: int) -> None:
-        super().__init__(
+    def __init__(self, path: str, found: int, known: int, *, needs: int | None = None) -> None:
+        newer = (
             f"database {path} has schema version {found}, newer than the newest this marveld "
-            f"knows ({known}); upgrade marveld or point it at another database file"
+            f"knows ({known})"
         )
+        if needs is None:
+            message = f"{newer}; upgrade marveld or point it at another database file"
+        else:
+            message = (
+                f"{newer}, and needs a marveld of schema version {needs} or later (a "
+                f"migration since {known} removed or changed what this one uses); upgrade "
+                "marveld or point it at another database"
+            )
+        super().__init__(message)
         self.found = found
         self.known = known
+        self.needs = needs

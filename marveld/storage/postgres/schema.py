@@ -23,6 +23,28 @@ Version 2 adds what replicas share and a crash may lose (UNLOGGED tables, Postgr
 only: on SQLite one process keeps them in memory): the fill leases and the login
 throttle's counts.
 
+Version 3 adds ``compatible_from`` to ``marveld_schema``, the oldest schema version whose
+marveld may run on the database (1: every migration so far only adds), and
+``compatible_as_of``, the version it was written for.
+
+Expand, then contract: during a rolling upgrade replicas of two releases run side by side
+on one database, so a migration must not break the code of the release before it.
+
+- An *expand* migration adds (tables, nullable or defaulted columns, indexes) and never
+  renames, drops or changes the meaning of what older code uses. It leaves
+  ``compatible_from`` as it is: replicas of older releases keep running on what it leaves.
+- A *contract* migration (drops or renames what older code uses, or changes its meaning)
+  raises ``compatible_from`` to its own version. It ships only in a release after every
+  replica runs code that no longer needs what it removes.
+
+Each :class:`Migration` records its ``compatible_from``; its version bump writes it, and
+``compatible_as_of``. A release whose newest version is *M*, from version 3 on, starts on a
+database at *N* > *M* when ``compatible_from`` is at most *M* (and was written for *N*: a
+version moved by other means says nothing, and is refused); else it refuses it
+(:class:`SchemaTooNew`, naming the version it needs). Releases before version 3 refuse
+every newer database at start (one already running keeps running). The columns of
+``marveld_schema`` are never renamed or dropped: every release reads them at start.
+
 Migrations run at start under the session advisory lock :data:`MIGRATION_LOCK`, so two
 replicas starting at once cannot race; each runs in one transaction with its version bump.
 """
@@ -30,7 +52,7 @@ replicas starting at once cannot race; each runs in one transaction with its ver
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import psycopg
 
@@ -236,8 +258,30 @@ _V2: tuple[str, ...] = (
     "CREATE INDEX rate_tats_tat ON rate_tats (tat)",
 )
 
-MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2)
+_V3: tuple[str, ...] = (
+    # Which releases may run on the database (the module docstring's rule), and for which
+    # version that was said: only the version bump writes these two.
+    "ALTER TABLE marveld_schema ADD COLUMN compatible_from integer NOT NULL DEFAULT 1",
+    "ALTER TABLE marveld_schema ADD COLUMN compatible_as_of integer",
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step, and the oldest schema version whose marveld may run on a database it has
+    brought to its version: unchanged by an expand migration, its own by a contract one."""
+
+    statements: tuple[str, ...]
+    compatible_from: int
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(_V1, compatible_from=1),
+    Migration(_V2, compatible_from=1),  # expand: adds tables
+    Migration(_V3, compatible_from=1),  # expand: adds columns with defaults
+)
 LATEST_VERSION = len(MIGRATIONS)
+COMPATIBILITY_VERSION = 3  # the first with compatible_from
 
 _VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS marveld_schema (
@@ -256,28 +300,73 @@ def schema_version(conn: psycopg.Connection) -> int:
     return int(found[0]) if found else 0
 
 
+def compatible_from(conn: psycopg.Connection, version: int) -> int | None:
+    """The oldest schema version whose marveld may run on the database at ``version``
+    (from :data:`COMPATIBILITY_VERSION` on); None when the database does not say it for
+    that version (its version was moved by hand)."""
+    row = conn.execute("SELECT compatible_from, compatible_as_of FROM marveld_schema").fetchone()
+    if row is None or row[1] != version:
+        return None
+    return int(row[0])
+
+
 def migrate(conn: psycopg.Connection, *, name: str) -> int:
     """Bring the database on ``conn`` (autocommit mode) to :data:`LATEST_VERSION`, holding
     :data:`MIGRATION_LOCK` throughout: a replica that starts while another migrates waits,
-    then finds the work done. Raises :class:`SchemaTooNew` for a database written by a
-    newer marveld (``name``, the redacted URL, names it). Returns the version reached."""
+    then finds the work done. A database a newer marveld migrated further is left as it
+    is, and used when its ``compatible_from`` allows this release; else this raises
+    :class:`SchemaTooNew` (``name``, the redacted URL, names the database). Returns the
+    version the database is at."""
     conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
         found = schema_version(conn)
         if found > LATEST_VERSION:
-            raise SchemaTooNew(name, found, LATEST_VERSION)
+            _check_newer(conn, found, name=name)
         while found < LATEST_VERSION:
             with conn.transaction():
                 conn.execute(_VERSION_TABLE)
-                for statement in MIGRATIONS[found]:
+                for statement in MIGRATIONS[found].statements:
                     conn.execute(statement)
                 found += 1
-                conn.execute(
-                    "INSERT INTO marveld_schema (version) VALUES (%s)"
-                    " ON CONFLICT (only_row) DO UPDATE SET version = excluded.version",
-                    (found,),
-                )
+                _bump(conn, found)
             log.info("database %s migrated to schema version %d", name, found)
         return found
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+
+
+def _check_newer(conn: psycopg.Connection, found: int, *, name: str) -> None:
+    """Raise :class:`SchemaTooNew` unless the database at ``found`` (newer than this
+    release knows) lets this release run on it."""
+    oldest = compatible_from(conn, found)
+    if oldest is None:
+        raise SchemaTooNew(name, found, LATEST_VERSION)
+    if oldest > LATEST_VERSION:
+        raise SchemaTooNew(name, found, LATEST_VERSION, needs=oldest)
+    log.info(
+        "database %s is at schema version %d, written by a newer marveld; this release "
+        "(schema %d) may run on it: its migrations since %d only add",
+        name,
+        found,
+        LATEST_VERSION,
+        LATEST_VERSION,
+    )
+
+
+def _bump(conn: psycopg.Connection, version: int) -> None:
+    """Record that the database is at ``version`` (in the migration's transaction), and
+    from :data:`COMPATIBILITY_VERSION` on which releases may run on it."""
+    if version < COMPATIBILITY_VERSION:
+        conn.execute(
+            "INSERT INTO marveld_schema (version) VALUES (%s)"
+            " ON CONFLICT (only_row) DO UPDATE SET version = excluded.version",
+            (version,),
+        )
+        return
+    conn.execute(
+        "INSERT INTO marveld_schema (version, compatible_from, compatible_as_of)"
+        " VALUES (%(v)s, %(c)s, %(v)s) ON CONFLICT (only_row) DO UPDATE"
+        " SET version = excluded.version, compatible_from = excluded.compatible_from,"
+        " compatible_as_of = excluded.compatible_as_of",
+        {"v": version, "c": MIGRATIONS[version - 1].compatible_from},
+    )
