@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit proto proto-check lock bench reliability reliability-short clean
+.PHONY: run test lint typecheck unit proto proto-check lock bench reliability reliability-short clean \
+	cluster cluster-down cluster-clean
 
 run: $(STAMP)  ## start the daemon on its demo defaults, with the simulator as the upstream
 	$(BIN)/marveld serve --demo
@@ -18,8 +19,8 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check marveld tests bench reliability
-	$(BIN)/ruff format --check marveld tests bench reliability
+	$(BIN)/ruff check marveld tests bench reliability tools
+	$(BIN)/ruff format --check marveld tests bench reliability tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -57,6 +58,15 @@ reliability: $(STAMP)  ## every reliability suite, full size (docs/reliability.m
 
 reliability-short: $(STAMP)  ## every reliability suite at its CI size
 	$(BIN)/python -m reliability --short
+
+cluster: $(STAMP)  ## PostgreSQL, marveld sim, 3 replicas and HAProxy on this machine (.cluster/)
+	$(BIN)/python -m tools.cluster up
+
+cluster-down:  ## stop `make cluster`, keeping its data (.cluster/) for the next one
+	$(BIN)/python -m tools.cluster down
+
+cluster-clean:  ## stop `make cluster` and remove .cluster/ with its data
+	$(BIN)/python -m tools.cluster clean
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache

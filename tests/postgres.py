@@ -88,14 +88,15 @@ class Cluster:
         return self.folder / "server.log"
 
     @classmethod
-    def start(cls, folder: Path) -> Cluster:
-        """initdb, then pg_ctl start; returns once the server accepts connections."""
+    def start(cls, folder: Path, port: int | None = None) -> Cluster:
+        """initdb, then pg_ctl start on ``port`` (default: a free one); returns once the
+        server accepts connections."""
         binaries = bindir()
         user = _server_user()
         folder.mkdir(parents=True, exist_ok=True)
         if user is not None:
             os.chown(folder, user.pw_uid, user.pw_gid)
-        cluster = cls(folder, _free_port())
+        cluster = cls(folder, port or _free_port())
         _run(
             user,
             [
@@ -113,6 +114,16 @@ class Cluster:
                 "--no-sync",
             ],
         )
+        cluster.restart()
+        return cluster
+
+    @classmethod
+    def reuse(cls, folder: Path, port: int | None = None) -> Cluster:
+        """The cluster in ``folder`` started again on the data it kept (``start`` the first
+        time, when ``folder`` holds none): what ``make cluster`` runs on."""
+        if not (folder / "data" / "PG_VERSION").exists():
+            return cls.start(folder, port)
+        cluster = cls(folder, port or _free_port())
         cluster.restart()
         return cluster
 

@@ -25,6 +25,7 @@ from grpclib.client import Channel
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
+from marveld.config import load_settings
 from marveld.systemd import Notifier
 from tests.aio import grpc_client
 from tests.conftest import daemon_env
@@ -144,7 +145,7 @@ async def test_ready_after_binding_and_stopping_on_sigterm(tmp_path: Path) -> No
         with trio.fail_after(seconds(unit_setting("TimeoutStopSec"))):
             code = await daemon.proc.wait()
     assert code == 0
-    assert "SIGTERM received, shutting down" in daemon.log
+    assert "SIGTERM received, stopping gracefully" in daemon.log
     assert "Traceback" not in daemon.log
     assert "WATCHDOG=1" not in ready  # no WATCHDOG_USEC: no pings
 
@@ -273,3 +274,138 @@ def test_the_unit_promises_what_the_daemon_does() -> None:
         "marveld_jwt_secret",
         "marveld_webhook_secret",
     ]
+
+
+# --- the template unit: several replicas on one host ------------------------------------------
+
+TEMPLATE = ROOT / "config" / "marveld@.service"
+EXPOSURE = re.compile(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)")
+
+
+def template_settings(name: str) -> list[str]:
+    """Every value of ``name=`` in the template unit, in order."""
+    return [
+        line.partition("=")[2]
+        for line in TEMPLATE.read_text().splitlines()
+        if line.startswith(f"{name}=")
+    ]
+
+
+def template_environment(instance: str) -> dict[str, str]:
+    """The unit's Environment= variables, as systemd sets them for ``marveld@instance``."""
+    pairs = (value.partition("=") for value in template_settings("Environment"))
+    return {name: value.replace("%i", instance) for name, _, value in pairs}
+
+
+def hardening(unit: Path) -> list[str]:
+    """A unit's lines from its "# Hardening." comment up to its [Install] section."""
+    lines = unit.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# Hardening."))
+    return lines[start : lines.index("[Install]")]
+
+
+def analyze() -> str:
+    found = shutil.which("systemd-analyze")
+    if found is None:
+        pytest.skip("systemd-analyze is not installed (Debian: apt-get install systemd)")
+    return found
+
+
+def runnable_copy(unit: Path, folder: Path) -> Path:
+    """``unit`` in ``folder``, its ExecStart running this environment's marveld (verify
+    refuses a unit whose program does not exist)."""
+    copy = folder / unit.name
+    copy.write_text(
+        unit.read_text().replace("/opt/marveld/bin/marveld", f"{sys.executable} -m marveld")
+    )
+    return copy
+
+
+def test_the_template_as_marveld_at_r1_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    runnable_copy(TEMPLATE, tmp_path)
+    result = subprocess.run(
+        [analyze(), "verify", str(tmp_path / "marveld@r1.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr
+
+
+def test_the_template_is_hardened_as_the_unit_is(tmp_path: Path) -> None:
+    assert hardening(TEMPLATE) == hardening(UNIT)
+    exposure = {}
+    for unit, name in ((UNIT, "marveld.service"), (TEMPLATE, "marveld@r1.service")):
+        runnable_copy(unit, tmp_path)
+        result = subprocess.run(
+            [analyze(), "security", "--offline=yes", str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        found = EXPOSURE.search(result.stdout)
+        assert found is not None, result.stdout + result.stderr
+        exposure[name] = float(found.group(1))
+    assert exposure["marveld@r1.service"] <= exposure["marveld.service"], exposure
+
+
+def test_the_template_promises_what_the_daemon_does(tmp_path: Path) -> None:
+    assert template_settings("Type") == ["notify"]
+    assert template_settings("ExecStart") == [
+        "/opt/marveld/bin/marveld serve --config /etc/marveld/marveld.toml"
+    ]
+    assert template_settings("EnvironmentFile") == ["/etc/marveld/%i.env"]
+    assert template_settings("RestartPreventExitStatus") == ["2"]
+    assert template_settings("StateDirectory") == []  # PostgreSQL: no database file here
+    assert template_settings("LoadCredential") == [
+        line.partition("=")[2]
+        for line in UNIT.read_text().splitlines()
+        if line.startswith("LoadCredential=")
+    ]
+    # What the unit sets, with what an instance's environment file gives, is a valid
+    # configuration for a PostgreSQL replica named after the instance.
+    config = tmp_path / "marveld.toml"
+    config.touch()
+    env = {
+        **daemon_env(tmp_path, "http://127.0.0.1:9/v1/public"),
+        **template_environment("r1"),
+        "MARVELD_DATABASE_URL": "postgresql://marveld@db.internal:5432/marveld",
+    }
+    del env["MARVELD_DATABASE_PATH"]
+    settings = load_settings(config, env)
+    assert settings.replica.id == "r1"
+    assert settings.database.url is not None
+
+
+def test_the_template_stops_after_the_drain_it_asks_for(tmp_path: Path) -> None:
+    """TimeoutStopSec exceeds the unit's shutdown.drain_delay + shutdown.grace with a
+    margin: systemd's SIGKILL meets only a shutdown that hangs."""
+    config = tmp_path / "marveld.toml"
+    config.touch()
+    env = {**daemon_env(tmp_path, "http://127.0.0.1:9/v1/public"), **template_environment("r1")}
+    settings = load_settings(config, env)
+    (timeout,) = template_settings("TimeoutStopSec")
+    drain = settings.shutdown.drain_delay + settings.shutdown.grace
+    assert drain > 0
+    assert seconds(timeout) >= drain + 5, (timeout, drain)
+
+
+async def test_a_configuration_error_exits_2_as_restart_prevent_exit_status_says(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "marveld.toml"
+    config.touch()
+    environ = {**os.environ, **daemon_env(tmp_path, "http://127.0.0.1:9/v1/public")}
+    environ["MARVELD_GRPC_LISTEN"] = "not an address"
+    with trio.fail_after(30):
+        done = await trio.run_process(
+            [sys.executable, "-m", "marveld", "serve", "--config", str(config)],
+            env=environ,
+            capture_stderr=True,
+            check=False,
+        )
+    assert done.returncode == int(template_settings("RestartPreventExitStatus")[0])
+    assert b"configuration error" in done.stderr
