@@ -169,3 +169,12 @@ async def cluster(
 async def leaders(replicas: list[Replica]) -> list[Replica]:
     """The live replicas that say they lead."""
     return [r for r in replicas if r.alive and await r.metric("marveld_leader") == 1.0]
+
+
+async def subscribed(replicas: list[Replica], n: int) -> bool:
+    """Whether the replicas' subscriber gauges (gRPC and WebSocket) add up to ``n`` or more."""
+    total = 0.0
+    for r in replicas:
+        for channel in ("grpc", "websocket"):
+            total += await r.metric("marveld_notification_subscribers", f'channel="{channel}"')
+    return total >= n

@@ -38,7 +38,7 @@ from tests.calls import register_and_login
 from tests.conftest import Running
 from tests.haproxy import SERVICE_CONFIG, Backend, LoadBalancer, haproxy, load_balancer
 from tests.notify_clients import websocket, ws_next
-from tests.replicas import Replica, distinct_ports, start_replica
+from tests.replicas import Replica, distinct_ports, start_replica, subscribed
 from tests.test_notifications import HULK, change
 from tests.test_notify_crash import CAPTAIN_AMERICA
 from tests.test_sync import SPIDER_MAN, make_admin, trigger_sync
@@ -171,7 +171,7 @@ async def test_a_rolling_restart_behind_haproxy_fails_no_call_and_loses_no_notif
                     if s.kind == "ws":
                         nursery.start_soon(_ws_subscriber, lb, s)
                 await wait_until(
-                    lambda: _live(list(replicas.values()), SUBSCRIBERS),
+                    lambda: subscribed(list(replicas.values()), SUBSCRIBERS),
                     seconds=30,
                     what="every subscriber live",
                 )
@@ -221,14 +221,6 @@ async def test_a_rolling_restart_behind_haproxy_fails_no_call_and_loses_no_notif
         logged = lb.log.read_text()
         assert "GET /v1/notifications/ws HTTP/1.1" in logged  # the path, not its query
         assert not any(u["authorization"][7:] in logged for u in users)  # no token
-
-
-async def _live(replicas: list[Replica], n: int) -> bool:
-    total = 0.0
-    for r in replicas:
-        for channel in ("grpc", "websocket"):
-            total += await r.metric("marveld_notification_subscribers", f'channel="{channel}"')
-    return total >= n
 
 
 async def _grpc_subscribers(client: AioClient, subscribers: list[Subscriber]) -> None:

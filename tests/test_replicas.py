@@ -28,7 +28,7 @@ from marveld.proto.marvel import v1 as pb
 from marveld.sim import SimHandle
 from tests.calls import list_characters, login, register_and_login, status_of
 from tests.notify_clients import websocket, ws_next
-from tests.replicas import Replica, cluster, leaders
+from tests.replicas import Replica, cluster, leaders, subscribed
 from tests.test_notifications import HULK, change
 from tests.test_notify_crash import CAPTAIN_AMERICA
 from tests.test_sync import SECRET, SPIDER_MAN, make_admin, post_webhook, signed, trigger_sync
@@ -187,7 +187,7 @@ async def test_notifications_reach_subscribers_on_every_replica_and_survive_a_ki
                     if s.kind == "ws":
                         nursery.start_soon(websocket_subscriber, s)
                 await wait_until(
-                    partial(_live, replicas, SUBSCRIBERS), seconds=30, what="every stream live"
+                    partial(subscribed, replicas, SUBSCRIBERS), seconds=30, what="every stream live"
                 )
                 for i, (marvel_id, text) in enumerate(changes):
                     if i == CHANGES // 2:
@@ -200,14 +200,6 @@ async def test_notifications_reach_subscribers_on_every_replica_and_survive_a_ki
             assert [text for _, text in s.got] == expected
             cursors = [cursor for cursor, _ in s.got]
             assert cursors == sorted(set(cursors))  # in order, none twice
-
-
-async def _live(replicas: list[Replica], n: int) -> bool:
-    total = 0.0
-    for r in replicas:
-        for channel in ("grpc", "websocket"):
-            total += await r.metric("marveld_notification_subscribers", f'channel="{channel}"')
-    return total >= n
 
 
 async def _grpc_batch(r: Replica, subscribers: list[Subscriber]) -> None:
