@@ -87,6 +87,7 @@ class GrpcStream:
             timeout=STREAM_SECONDS,
             metadata=auth,
         )
+        ending: GRPCError | Exception | None = None
         try:
             async with stream:
                 await stream.send_message(request, end=True)
@@ -94,16 +95,16 @@ class GrpcStream:
                 while (message := await stream.recv_message()) is not None:
                     self.items.put(message)
                 await stream.recv_trailing_metadata()
-                self.items.put(None)
         except GRPCError as exc:
-            self.error = exc
-            self.items.put(exc)
+            self.error = ending = exc
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.items.put(exc)
+            ending = exc
         finally:
             self.trailers = {k: str(v) for k, v in (stream.trailing_metadata or {}).items()}
+        # Last, once the trailers are kept: a reader that sees the end may look at them.
+        self.items.put(ending)
 
     async def next(self, *, seconds: float = 5.0, heartbeats: bool = False) -> Any:
         """The next notification (heartbeats skipped unless asked for), or the error or
