@@ -274,7 +274,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("database", "url", "pgurl", "",
             "PostgreSQL instead of SQLite: a libpq URL such as "
             "`postgresql://marveld@db.internal:5432/marveld?sslmode=verify-full`, without a "
-            "password (MARVELD_DATABASE_PASSWORD, or libpq's own PGPASSFILE). Empty: SQLite "
+            "password (MARVELD_DATABASE_PASSWORD, or libpq's own PGPASSFILE). A primary "
+            "and its standbys: `postgresql://marveld@pg-a:5432,pg-b:5432/marveld?"
+            "target_session_attrs=read-write` (docs/scale-out.md). Empty: SQLite "
             "at database.path; the two cannot both be set."),
     Setting("database", "pool_size", "int", 8,
             "Most PostgreSQL connections held open at once (database.url only).",
@@ -476,12 +478,15 @@ def _pgurl(raw: object, s: Setting) -> str | None:
     parts = urlsplit(raw)
     if parts.scheme not in ("postgresql", "postgres"):
         raise ValueError("expected a postgresql:// URL (libpq's URL form)")
-    try:
-        has_password = parts.password is not None or "password" in parse_qs(parts.query)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        raise ValueError("not a valid URL: check its host and port") from None
-    if has_password:  # the message must not repeat it
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    # libpq takes several hosts (`a:5432,b:5432`), tried in order: one per server of a
+    # primary and its standbys, with target_session_attrs=read-write to find the primary.
+    for host in hosts.split(","):
+        try:
+            urlsplit(f"//{host}").port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            raise ValueError(f"not a valid URL: check the host and port {host!r}") from None
+    if ":" in userinfo or "password" in parse_qs(parts.query):  # the message must not repeat it
         raise ValueError(
             "the URL holds a password: put it in MARVELD_DATABASE_PASSWORD (or its _FILE, or "
             "the systemd credential), or in libpq's PGPASSFILE, and leave it out of the URL"

@@ -226,7 +226,9 @@ async def run(
         # marvel.v1.CharacterService NOT_SERVING in grpc.health.v1.Health.
         listening = trio.Event()
         readiness = Readiness()
-        readiness.add("database", store.ping)
+        # The database check is the watcher's last ping (below), every 2 s: a probe of
+        # /readyz never waits on the pool, and probes cannot load the database.
+        database_ready = readiness.flag("database")
         readiness.add("listeners", listening.is_set)
         readiness.add("breaker", lambda: breaker.state is BreakerState.CLOSED)
         accepting = readiness.flag("accepting")  # false from the start of a graceful stop
@@ -279,6 +281,7 @@ async def run(
         )
         drains = Drain(), Drain()  # the gRPC port's, the HTTP port's
         async with trio.open_nursery() as nursery:
+            await nursery.start(readiness.run)
             await nursery.start(store.coordination.watch, signalled, hearing_changed)
             await nursery.start(budget.keep, store)
             await nursery.start(characters.run)
@@ -310,7 +313,12 @@ async def run(
                 http_port,
                 replica,
             )
-            await nursery.start(partial(watch_database, store.ping, grpc.set_database_serving))
+
+            def database_changed(reachable: bool) -> None:
+                database_ready(reachable)
+                grpc.set_database_serving(reachable)
+
+            await nursery.start(partial(watch_database, store.ping, database_changed))
             await nursery.start(notifier.keep_watchdog)
             notifier.ready(f"serving: grpc port {grpc_port}, http port {http_port}")
             task_status.started(Endpoints(grpc_port=grpc_port, http_port=http_port))

@@ -12,7 +12,9 @@ Where no server can be had the PostgreSQL tests skip with one line saying why; u
 
 ``python -m tests.postgres start DIR`` starts a cluster in DIR and prints its URL (what
 .ci/run does before the suite runs under the unit's system-call rules, which forbid
-switching users); ``python -m tests.postgres stop DIR`` stops it.
+switching users); ``python -m tests.postgres stop DIR`` stops it. ``start-pair`` and
+``stop-pair`` do the same for a primary and its streaming standby (the failover test's,
+named to it by ``MARVELD_TEST_POSTGRES_PAIR``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +35,7 @@ import psycopg
 from marveld.storage.postgres.schema import migrate
 
 URL_VARIABLE = "MARVELD_TEST_POSTGRES_URL"
+PAIR_VARIABLE = "MARVELD_TEST_POSTGRES_PAIR"  # a folder where start-pair ran
 BIN_VARIABLE = "MARVELD_TEST_POSTGRES_BIN"
 SERVER_USER = "postgres"  # who runs the server when the tests run as root
 ROLE = "marveld_test"
@@ -166,6 +170,51 @@ class Cluster:
         )
 
     @classmethod
+    def standby_of(cls, primary: Cluster, folder: Path) -> Cluster:
+        """A hot standby of ``primary`` in ``folder``, streaming from it: pg_basebackup -R
+        (which writes primary_conninfo and standby.signal), then started on a port of its
+        own; returns once it accepts (read-only) connections."""
+        user = _server_user()
+        folder.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            os.chown(folder, user.pw_uid, user.pw_gid)
+        standby = cls(folder, _free_port())
+        _run(
+            user,
+            [
+                str(bindir() / "pg_basebackup"),
+                f"--dbname=host=127.0.0.1 port={primary.port} user={ROLE}",
+                "--pgdata",
+                str(standby.data),
+                "--write-recovery-conf",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ],
+        )
+        standby.restart()
+        return standby
+
+    @property
+    def pid(self) -> int:
+        """The postmaster's process id (the first line of postmaster.pid)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def crash(self) -> None:
+        """Stop the server at once, as a lost host would: SIGQUIT to the postmaster
+        (immediate shutdown: no checkpoint, every connection cut). A signal, not pg_ctl:
+        root may send it without switching users."""
+        os.kill(self.pid, signal.SIGQUIT)
+
+    def promote(self) -> None:
+        """Make this standby the primary (``pg_promote``, over SQL: no switching users);
+        returns once it accepts writes."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_promote(true, %s)", (START_SECONDS,)).fetchone()
+        if row != (True,):
+            raise Unavailable(f"the standby on port {self.port} was not promoted")
+
+    @classmethod
     def at(cls, folder: Path) -> Cluster:
         """The cluster started earlier in ``folder`` (its port is in postmaster.pid)."""
         lines = (folder / "data" / "postmaster.pid").read_text().splitlines()
@@ -202,15 +251,44 @@ def _run(user: pwd.struct_passwd | None, args: list[str], *, check: bool = True)
         )
 
 
+def start_pair(folder: Path) -> tuple[Cluster, Cluster]:
+    """A primary in ``folder``/primary and its streaming standby in ``folder``/standby."""
+    primary = Cluster.start(folder / "primary")
+    try:
+        return primary, Cluster.standby_of(primary, folder / "standby")
+    except BaseException:
+        primary.stop()
+        raise
+
+
+def pair_at(folder: Path) -> tuple[Cluster, Cluster]:
+    """The pair ``start_pair`` started in ``folder``."""
+    return Cluster.at(folder / "primary"), Cluster.at(folder / "standby")
+
+
+def stop_pair(folder: Path) -> None:
+    for part in ("primary", "standby"):
+        if (folder / part / "data" / "postmaster.pid").exists():
+            Cluster.at(folder / part).stop()
+
+
+USAGE = "usage: python -m tests.postgres start|stop|start-pair|stop-pair DIR"
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) != 2 or argv[0] not in ("start", "stop"):
-        sys.exit("usage: python -m tests.postgres start|stop DIR")
+    if len(argv) != 2 or argv[0] not in ("start", "stop", "start-pair", "stop-pair"):
+        sys.exit(USAGE)
     folder = Path(argv[1]).resolve()
     try:
         if argv[0] == "start":
             print(Cluster.start(folder).url)
-        else:
+        elif argv[0] == "stop":
             Cluster.at(folder).stop()
+        elif argv[0] == "start-pair":
+            start_pair(folder)
+            print(folder)
+        else:
+            stop_pair(folder)
     except Unavailable as exc:
         sys.exit(f"tests.postgres: {exc}")
 

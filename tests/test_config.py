@@ -618,6 +618,17 @@ def test_database_url_means_postgresql_and_takes_no_password(tmp_path: Path) -> 
             load(tmp_path, MARVELD_DATABASE_URL=bad)
 
 
+def test_database_url_may_name_a_primary_and_its_standbys(tmp_path: Path) -> None:
+    # libpq's multi-host form: tried in order, the read-write one is the primary.
+    url = "postgresql://marveld@pg-a:5432,pg-b:5433,[::1]/marveld?target_session_attrs=read-write"
+    assert load(tmp_path, MARVELD_DATABASE_URL=url).database.url == url
+    with pytest.raises(ConfigError, match=r"database\.url\): .*check the host and port 'pg-b:x'"):
+        load(tmp_path, MARVELD_DATABASE_URL="postgresql://pg-a:5432,pg-b:x/marveld")
+    with pytest.raises(ConfigError, match="MARVELD_DATABASE_PASSWORD") as caught:
+        load(tmp_path, MARVELD_DATABASE_URL="postgresql://marveld:pg-s3cret@pg-a,pg-b/marveld")
+    assert "pg-s3cret" not in str(caught.value)
+
+
 def test_database_url_and_path_cannot_both_be_set(tmp_path: Path) -> None:
     url = "postgresql://marveld@db/marveld"
     with pytest.raises(ConfigError, match=r"database\.url and database\.path are both set"):

@@ -101,11 +101,16 @@ class SyncService:
         self._forget = forget_cached
         self._page_size = page_size
         self._on_committed = on_committed
+        self._first_sync_seen = False
         self._etag_max_age = etag_max_age
         self._running = trio.Lock()
 
     async def first_sync_done(self) -> bool:
-        return await self._store.sync_state.first_sync_done()
+        """Whether a first full sync has ended (on any replica). Once it has, the answer
+        is kept: /readyz then reads nothing from the database for it."""
+        if not self._first_sync_seen:
+            self._first_sync_seen = await self._store.sync_state.first_sync_done()
+        return self._first_sync_seen
 
     async def last_completed(self) -> datetime | None:
         """When the last sync that ended well ended (by the clock passed in)."""
