@@ -282,11 +282,11 @@ TEMPLATE = ROOT / "config" / "marveld@.service"
 EXPOSURE = re.compile(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)")
 
 
-def template_settings(name: str) -> list[str]:
-    """Every value of ``name=`` in the template unit, in order."""
+def template_settings(name: str, unit: Path = TEMPLATE) -> list[str]:
+    """Every value of ``name=`` in the template unit (or ``unit``), in order."""
     return [
         line.partition("=")[2]
-        for line in TEMPLATE.read_text().splitlines()
+        for line in unit.read_text().splitlines()
         if line.startswith(f"{name}=")
     ]
 
@@ -407,5 +407,8 @@ async def test_a_configuration_error_exits_2_as_restart_prevent_exit_status_says
             capture_stderr=True,
             check=False,
         )
-    assert done.returncode == int(template_settings("RestartPreventExitStatus")[0])
+    # Both units: a configuration error is not restarted every 5 s forever.
+    for unit in (UNIT, TEMPLATE):
+        assert template_settings("RestartPreventExitStatus", unit) == [str(done.returncode)]
+    assert done.returncode == 2
     assert b"configuration error" in done.stderr
